@@ -1,0 +1,3 @@
+from stylepipe.cli import main
+
+raise SystemExit(main())

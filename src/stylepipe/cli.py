@@ -1,0 +1,56 @@
+"""The `stylepipe` command: one subcommand per pipeline step.
+
+Each step lives in its own module exposing ``add_arguments(parser)`` and
+``main(args) -> int``; only the chosen module is imported, so `stylepipe --help`
+stays fast and a step's heavy imports are paid only by that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from stylepipe import __version__
+from stylepipe.config import ParamsError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "download": ("stylepipe.data.download", "download a file with resume, verify its checksum, optionally extract it"),
+    "fetch": ("stylepipe.data.sources", "fetch what params.yaml names: content set, eval images, a style image, the loss network"),
+    "resize": ("stylepipe.data.resize", "resize + centre-crop a folder of images into shards with a manifest"),
+    "train": ("stylepipe.train", "train one style's TransformerNet with Lightning"),
+    "stylize": ("stylepipe.stylize", "stylize images with a trained model (.pth or .onnx)"),
+    "evaluate": ("stylepipe.evaluate", "compute one style's metrics on the evaluation set"),
+    "report": ("stylepipe.report", "collect all styles' metrics and draw the gallery"),
+    "compare": ("stylepipe.compare", "compare params, metrics, curves and images across git revisions"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylepipe",
+        description="Reproducible fast neural style transfer: one command per pipeline step.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"stylepipe {__version__}")
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="the step to run (see below)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"stylepipe {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.main(args) or 0)
+    except ParamsError as err:
+        print(f"stylepipe {name}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,159 @@
+"""params.yaml: loading, merging overlays, validating, per-style views.
+
+params.yaml is the only home of values. Every command takes ``--params FILE
+[FILE ...]``: the files are deep-merged in order, exactly as Snakemake merges
+``--configfile`` overlays, then validated against ``params.schema.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import yaml
+
+SOURCE_KEYS = ("url", "md5", "sha256", "file", "skimage", "generate")
+
+
+class ParamsError(ValueError):
+    """A params file is wrong; the message names the file, the key and the fix."""
+
+
+def _schema() -> dict:
+    text = resources.files("stylepipe").joinpath("params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def deep_merge(base: Mapping, overlay: Mapping) -> dict:
+    """Merge ``overlay`` onto ``base`` recursively (mappings merge, the rest is replaced)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_params(paths: Iterable[str | Path]) -> dict:
+    """Read, merge and validate params files; raises ParamsError naming the bad key."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ParamsError("no params file given: pass --params params.yaml")
+    merged: dict = {}
+    for path in paths:
+        if not path.is_file():
+            raise ParamsError(f"{path}: params file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(data, Mapping):
+            raise ParamsError(f"{path}: must be a mapping of keys to values")
+        merged = deep_merge(merged, data)
+    validate(merged, source=" + ".join(str(p) for p in paths))
+    return merged
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+_NUMBER_LIKE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _hint(error: jsonschema.ValidationError) -> str:
+    # YAML 1.1 (PyYAML, which Snakemake uses) reads 1e10 as a string.
+    if isinstance(error.instance, str) and _NUMBER_LIKE.match(error.instance):
+        return " (write numbers in exponent form with a dot and a sign, e.g. 1.0e+10: YAML 1.1 reads 1e10 as text)"
+    return ""
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        names = ", ".join(f"{key}.{e}" if key != "<top level>" else e for e in extra)
+        return f"unknown key {names}: remove it or fix its spelling"
+    if error.validator == "required":
+        return f"key {key}: {error.message}"
+    return f"key {key}: {error.message}{_hint(error)}"
+
+
+def validate(params: Mapping, source: str = "params") -> None:
+    """Validate merged params against the schema and the per-style rules."""
+    schema = _schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        # the deepest error is usually the most specific one
+        best = jsonschema.exceptions.best_match(errors)
+        raise ParamsError(f"{source}: {_describe(best)}")
+
+    train_schema = {"$defs": schema["$defs"], **schema["$defs"]["train_overridable"]}
+    source_schema = {"$defs": schema["$defs"], **schema["$defs"]["image_source"]}
+    resources_schema = schema["properties"]["resources"]["additionalProperties"]
+    for name, entry in params["styles"].items():
+        src = {k: v for k, v in entry.items() if k in SOURCE_KEYS}
+        overrides = {k: v for k, v in entry.items() if k not in SOURCE_KEYS and k != "resources"}
+        for sub, sub_schema, what in (
+            (src, source_schema, "image source (one of url, file, skimage, generate)"),
+            (overrides, train_schema, "override of a train value"),
+            (entry.get("resources", {}), resources_schema, "resources"),
+        ):
+            errs = list(jsonschema.Draft202012Validator(sub_schema).iter_errors(sub))
+            if errs:
+                err = jsonschema.exceptions.best_match(errs)
+                inner = _key_path(err)
+                key = f"styles.{name}" + ("" if inner == "<top level>" else f".{inner}")
+                if err.validator == "additionalProperties":
+                    extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+                    raise ParamsError(
+                        f"{source}: unknown key styles.{name}.{extra[0]}: not an image source key "
+                        f"nor a train value; remove it or fix its spelling"
+                    )
+                raise ParamsError(f"{source}: key {key}: {err.message}{_hint(err)} (expected a valid {what})")
+        if "file" in src and not Path(src["file"]).is_file():
+            raise ParamsError(
+                f"{source}: key styles.{name}.file: style image {src['file']} does not exist; "
+                "fix the path or give a url instead"
+            )
+    content = params["data"]["content"]
+    if "folder" in content and not Path(content["folder"]).is_dir():
+        raise ParamsError(f"{source}: key data.content.folder: folder {content['folder']} does not exist")
+
+
+def style_names(params: Mapping) -> list[str]:
+    return list(params["styles"])
+
+
+def style_source(params: Mapping, style: str) -> dict:
+    """The image source of one style (url/checksum, file, skimage or generate)."""
+    return {k: v for k, v in _style(params, style).items() if k in SOURCE_KEYS}
+
+
+def train_params(params: Mapping, style: str) -> dict:
+    """The training values of one style: ``train`` with the style's overrides applied."""
+    entry = _style(params, style)
+    overrides = {k: v for k, v in entry.items() if k not in SOURCE_KEYS and k != "resources"}
+    return {**params["train"], **overrides}
+
+
+def style_resources(params: Mapping, style: str, rule: str = "train") -> dict:
+    """Cluster resources for one rule and style (``resources.<rule>`` + the style's own)."""
+    base = dict(params.get("resources", {}).get(rule, {}))
+    if rule == "train":
+        base.update(_style(params, style).get("resources", {}))
+    return base
+
+
+def _style(params: Mapping, style: str) -> Mapping:
+    try:
+        return params["styles"][style]
+    except KeyError:
+        known = ", ".join(params["styles"]) or "none"
+        raise ParamsError(f"unknown style {style!r}: params define {known}") from None

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny, offline params that make every step run in seconds."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stylepipe.config import deep_merge, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Overrides of config/demo.yaml + config/offline.yaml that shrink every step.
+TINY = {
+    "data": {"resize_workers": 1},
+    "train": {
+        "image_size": 32,
+        "batch_size": 2,
+        "max_steps": 4,
+        "style_size": 48,
+        "val_check_interval": 2,
+        "val_images": 2,
+        "checkpoint_every_n_steps": 2,
+        "log_every_n_steps": 1,
+        "precision": "32-true",
+        "num_workers": 0,
+    },
+    "stylize": {"batch_size": 2, "max_size": 64},
+    "evaluate": {"speed_size": 64, "speed_images": 2},
+}
+
+
+def tiny_params_dict() -> dict:
+    params = {}
+    for name in ("config/demo.yaml", "config/offline.yaml"):
+        params = deep_merge(params, yaml.safe_load((REPO / name).read_text()))
+    return deep_merge(params, copy.deepcopy(TINY))
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path) -> Path:
+    """A complete, valid, offline params file for tiny runs."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    load_params([path])  # fail here, not deep inside a step, if it drifts from the schema
+    return path
