@@ -6,7 +6,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-all test-slurm bench clean-demo
+.PHONY: setup demo test test-all bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,10 @@ DEMO_CONFIG ?= config/demo.yaml config/offline.yaml
 demo: setup
 	snakemake --cores all --configfile $(DEMO_CONFIG)
 
-# Default test run (about 10 minutes on 2 cores); slow and cluster tests are opt-in.
+# Default test run (about 10 minutes on 2 cores). Slurm tests run when a cluster is up
+# (scripts/slurm-cluster.sh up) and skip with the reason otherwise; slow tests are opt-in.
 test: setup
-	pytest -m "not slow and not slurm"
+	pytest -m "not slow"
 
 test-all: setup
 	pytest
