@@ -1,0 +1,1 @@
+"""Data ingestion: verified downloads, robust decoding, resizing into shards."""
