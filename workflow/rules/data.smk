@@ -1,0 +1,70 @@
+# Data: the content set, the evaluation images, style images and the loss
+# network are fetched as params.yaml names them; the content set is then
+# resized into shards.
+
+
+rule fetch_content:
+    output:
+        directory("data/raw/content"),
+    log:
+        "logs/fetch_content.log",
+    params:
+        tracked=tracked("fetch_content"),
+        files=PARAMS_FILES,
+    shell:
+        "stylepipe fetch content --params {params.files:q} --output {output} > {log} 2>&1"
+
+
+rule fetch_eval:
+    output:
+        directory("data/eval"),
+    log:
+        "logs/fetch_eval.log",
+    params:
+        tracked=tracked("fetch_eval"),
+        files=PARAMS_FILES,
+    shell:
+        "stylepipe fetch eval --params {params.files:q} --output {output} > {log} 2>&1"
+
+
+rule fetch_style:
+    output:
+        "data/styles/{style}.png",
+    log:
+        "logs/fetch_style/{style}.log",
+    params:
+        tracked=tracked("fetch_style"),
+        files=PARAMS_FILES,
+    shell:
+        "stylepipe fetch style --params {params.files:q} --style {wildcards.style} --output {output} > {log} 2>&1"
+
+
+rule fetch_loss_network:
+    output:
+        "data/models/vgg16_features.pth",
+    log:
+        "logs/fetch_loss_network.log",
+    params:
+        tracked=tracked("fetch_loss_network"),
+        files=PARAMS_FILES,
+    shell:
+        "stylepipe fetch loss-network --params {params.files:q} --output {output} > {log} 2>&1"
+
+
+rule resize:
+    input:
+        "data/raw/content",
+    output:
+        directory("data/resized"),
+    log:
+        "logs/resize.log",
+    params:
+        tracked=tracked("resize"),
+        size=config["train"]["image_size"],
+        workers=config["data"]["resize_workers"],
+    resources:
+        mem_mb=resource("resize", "mem_mb"),
+        runtime=resource("resize", "runtime"),
+        cpus_per_task=resource("resize", "cpus_per_task"),
+    shell:
+        "stylepipe resize --input {input} --output {output} --size {params.size} --workers {params.workers} > {log} 2>&1"

@@ -1,0 +1,114 @@
+# Per style: train a TransformerNet, stylize the evaluation images with it,
+# measure it; then one report over all styles.
+
+
+rule train:
+    input:
+        data="data/resized",
+        style_image="data/styles/{style}.png",
+        loss_network="data/models/vgg16_features.pth",
+    output:
+        model="results/models/{style}.pth",
+        onnx="results/models/{style}.onnx",
+        checkpoint="results/checkpoints/{style}.ckpt",
+        summary="results/train/{style}/summary.json",
+        curves="results/train/{style}/curves.csv",
+    log:
+        "logs/train/{style}.log",
+    params:
+        tracked=tracked("train"),
+        files=PARAMS_FILES,
+        # resume checkpoints and TensorBoard runs: not an output, so a rerun keeps them
+        scratch="scratch/train/{style}",
+    resources:
+        gpu=resource("train", "gpu"),
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        cpus_per_task=resource("train", "cpus_per_task"),
+    shell:
+        "stylepipe train --params {params.files:q} --style {wildcards.style} --data {input.data}"
+        " --style-image {input.style_image} --loss-network {input.loss_network}"
+        " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
+        " --summary {output.summary} --curves {output.curves} --scratch {params.scratch}"
+        " > {log} 2>&1"
+
+
+rule stylize:
+    input:
+        model="results/models/{style}.pth",
+        images="data/eval",
+    output:
+        report(
+            directory("results/stylized/{style}"),
+            patterns=["{name}.png"],
+            caption="../../report/stylized.rst",
+            category="Stylized images",
+            subcategory="{style}",
+        ),
+    log:
+        "logs/stylize/{style}.log",
+    params:
+        tracked=tracked("stylize"),
+        max_size=config["stylize"]["max_size"],
+        batch_size=config["stylize"]["batch_size"],
+    resources:
+        gpu=resource("stylize", "gpu"),
+        mem_mb=resource("stylize", "mem_mb"),
+        runtime=resource("stylize", "runtime"),
+        cpus_per_task=resource("stylize", "cpus_per_task"),
+    shell:
+        "stylepipe stylize --model {input.model} --output {output}"
+        " --max-size {params.max_size} --batch-size {params.batch_size} {input.images}"
+        " > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        model="results/models/{style}.pth",
+        eval_images="data/eval",
+        stylized="results/stylized/{style}",
+        style_image="data/styles/{style}.png",
+        loss_network="data/models/vgg16_features.pth",
+        summary="results/train/{style}/summary.json",
+    output:
+        report(
+            "results/metrics/{style}.json",
+            caption="../../report/metrics.rst",
+            category="Metrics",
+            subcategory="{style}",
+        ),
+    log:
+        "logs/evaluate/{style}.log",
+    params:
+        tracked=tracked("evaluate"),
+        files=PARAMS_FILES,
+    resources:
+        gpu=resource("evaluate", "gpu"),
+        mem_mb=resource("evaluate", "mem_mb"),
+        runtime=resource("evaluate", "runtime"),
+        cpus_per_task=resource("evaluate", "cpus_per_task"),
+    shell:
+        "stylepipe evaluate --params {params.files:q} --style {wildcards.style} --model {input.model}"
+        " --eval-images {input.eval_images} --stylized {input.stylized}"
+        " --style-image {input.style_image} --loss-network {input.loss_network}"
+        " --train-summary {input.summary} --output {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        # sorted: the same order as the shell glob in dvc.yaml
+        metrics=expand("results/metrics/{style}.json", style=sorted(STYLES)),
+        eval_images="data/eval",
+        stylized=expand("results/stylized/{style}", style=sorted(STYLES)),
+    output:
+        metrics=report("results/metrics.json", caption="../../report/metrics.rst", category="Metrics"),
+        gallery=report("results/gallery.png", caption="../../report/gallery.rst", category="Gallery"),
+    log:
+        "logs/report.log",
+    params:
+        tracked=tracked("report"),
+        stylized_root=lambda wildcards, input: os.path.dirname(input.stylized[0]),
+    shell:
+        "stylepipe report --metrics {input.metrics} --eval-images {input.eval_images}"
+        " --stylized-root {params.stylized_root} --output {output.metrics} --gallery {output.gallery}"
+        " > {log} 2>&1"
