@@ -1,0 +1,228 @@
+"""ContentDataModule: the training photographs, in an order that survives a restart.
+
+Two kinds of input: the shard directory `stylepipe resize` writes (a
+``manifest.json`` beside memory-mapped shards, read with ``ShardReader``), or a
+plain folder of images (resized on the short side and centre-cropped on the
+fly). The last ``val_images`` images are held out for validation.
+
+Lightning 2.x restores model, optimizer and loop counters from a mid-epoch
+checkpoint but restarts the dataloader at the first batch of the epoch. The
+``ResumableSampler`` below makes the order a pure function of (seed, epoch)
+and records how many batches of the current epoch training has consumed; the
+DataModule saves that in the checkpoint, so a resumed run sees exactly the
+batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def is_shard_dir(path: str | Path) -> bool:
+    return (Path(path) / "manifest.json").is_file()
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def resize_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to ``size`` (antialiased) and centre-crop a square."""
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        return img.convert("RGB")
+
+
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+class FolderImages(Dataset):
+    """A folder of images of any size → uint8 [3, size, size] tensors."""
+
+    def __init__(self, folder: str | Path, size: int):
+        self.paths = list_images(folder)
+        if not self.paths:
+            raise FileNotFoundError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_uint8_tensor(resize_crop(load_rgb(self.paths[index]), self.size))
+
+
+class ShardImages(Dataset):
+    """The shard directory written by `stylepipe resize` → uint8 [3, N, N] tensors."""
+
+    def __init__(self, path: str | Path, size: int):
+        from stylepipe.data.shards import ShardReader
+
+        self.reader = ShardReader(path)
+        self.size = size
+        if self.reader.image_size != size:
+            # a stale resize step: say so instead of silently training at another size
+            raise ValueError(
+                f"{path}: shards hold {self.reader.image_size} px images but train.image_size is {size}; "
+                "rerun `stylepipe resize` with the same size (snakemake/dvc do this when params change)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.reader[index]
+        return image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
+
+
+def open_images(path: str | Path, size: int) -> Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: training data not found; create it with `stylepipe resize` (or `snakemake {path}`), "
+            "or pass a folder of images"
+        )
+    if is_shard_dir(path):
+        return ShardImages(path, size)
+    return FolderImages(path, size)
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded shuffling whose order depends only on (seed, epoch), resumable mid-epoch.
+
+    With several processes each rank takes every ``world_size``-th index of
+    the same permutation (the tail that does not divide evenly is dropped, so
+    all ranks run the same number of batches). ``consumed`` counts the batches
+    of the current epoch that training has started; ``load_state_dict`` makes
+    the next iterator skip them.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = size // world_size
+        self.epoch = 0
+        self.consumed = 0
+
+    @property
+    def num_batches(self) -> int:
+        return self.per_rank // self.batch_size  # the DataLoader drops the last partial batch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def set_epoch(self, epoch: int) -> None:
+        # Lightning calls this at every epoch start, also right after a restore
+        if epoch != self.epoch:
+            self.epoch, self.consumed = epoch, 0
+
+    def order(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            indices = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            indices = list(range(self.size))
+        return indices[: self.per_rank * self.world_size][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch)[self.consumed * self.batch_size :])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        if self.consumed >= self.num_batches:
+            # saved after the last batch of an epoch: Lightning goes on with the next one
+            self.epoch, self.consumed = self.epoch + 1, 0
+
+
+class ContentDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        data: str | Path,
+        image_size: int,
+        batch_size: int,
+        val_images: int,
+        seed: int,
+        num_workers: int = 0,
+        shuffle: bool = True,
+    ):
+        super().__init__()
+        self.data, self.image_size, self.batch_size = Path(data), image_size, batch_size
+        self.val_images, self.seed, self.num_workers, self.shuffle = val_images, seed, num_workers, shuffle
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.sampler: ResumableSampler | None = None
+        self._pending_state: dict | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        images = open_images(self.data, self.image_size)
+        n = len(images)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if n - self.val_images < self.batch_size * world:
+            raise ValueError(
+                f"{self.data}: {n} images, of which val_images={self.val_images} are held out for validation; "
+                f"at least batch_size × processes = {self.batch_size * world} must remain for training"
+            )
+        self.train_set = Subset(images, range(n - self.val_images))
+        self.val_set = Subset(images, range(n - self.val_images, n))
+        self.sampler = ResumableSampler(len(self.train_set), self.batch_size, self.seed, self.shuffle, rank, world)
+        if self._pending_state is not None:
+            self.sampler.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
+        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=on_gpu,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, None, drop_last=False)
+
+    def batch_started(self) -> None:
+        """Called by the LightningModule at each training batch start (counts consumed batches)."""
+        if self.sampler is not None:
+            self.sampler.consumed += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()} if self.sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("sampler")
+        if state is None:
+            return
+        if self.sampler is None:
+            self._pending_state = state  # restored before setup(): apply when the sampler exists
+        else:
+            self.sampler.load_state_dict(state)

@@ -1,0 +1,132 @@
+"""TransformerNet: the image transformation network of Johnson et al. 2016.
+
+Same layers and parameter names as pytorch/examples ``fast_neural_style`` so
+weights move both ways unchanged. Unlike the example, the output always has
+the input's height and width: the input is reflect-padded to a multiple of 4
+(two stride-2 downsamplings) and the output is cropped back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Keys that old PyTorch versions stored for InstanceNorm2d(affine=True); the
+# published pytorch/examples weights still carry them.
+_LEGACY_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
+        super().__init__()
+        self.reflection_pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(self.reflection_pad(x))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, kernel_size=3, stride=1)
+        self.in1 = nn.InstanceNorm2d(channels, affine=True)
+        self.conv2 = ConvLayer(channels, channels, kernel_size=3, stride=1)
+        self.in2 = nn.InstanceNorm2d(channels, affine=True)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.in1(self.conv1(x)))
+        return self.in2(self.conv2(out)) + x
+
+
+class UpsampleConvLayer(nn.Module):
+    """Nearest-neighbour upsampling then a convolution (no checkerboard artefacts)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, upsample: int | None = None):
+        super().__init__()
+        self.upsample = upsample
+        self.reflection_pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+        return self.conv2d(self.reflection_pad(x))
+
+
+class TransformerNet(nn.Module):
+    """Maps an RGB batch in 0–255 to a stylized RGB batch (roughly 0–255, unclamped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = ConvLayer(3, 32, kernel_size=9, stride=1)
+        self.in1 = nn.InstanceNorm2d(32, affine=True)
+        self.conv2 = ConvLayer(32, 64, kernel_size=3, stride=2)
+        self.in2 = nn.InstanceNorm2d(64, affine=True)
+        self.conv3 = ConvLayer(64, 128, kernel_size=3, stride=2)
+        self.in3 = nn.InstanceNorm2d(128, affine=True)
+        self.res1 = ResidualBlock(128)
+        self.res2 = ResidualBlock(128)
+        self.res3 = ResidualBlock(128)
+        self.res4 = ResidualBlock(128)
+        self.res5 = ResidualBlock(128)
+        self.deconv1 = UpsampleConvLayer(128, 64, kernel_size=3, stride=1, upsample=2)
+        self.in4 = nn.InstanceNorm2d(64, affine=True)
+        self.deconv2 = UpsampleConvLayer(64, 32, kernel_size=3, stride=1, upsample=2)
+        self.in5 = nn.InstanceNorm2d(32, affine=True)
+        self.deconv3 = ConvLayer(32, 3, kernel_size=9, stride=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        # pad right/bottom to a multiple of 4 so both downsamplings divide evenly
+        # (and to at least 8 px, which the 9×9 reflection padding needs)
+        pad_h, pad_w = max(-height % 4, 8 - height), max(-width % 4, 8 - width)
+        if pad_h or pad_w:
+            mode = "reflect" if height > pad_h and width > pad_w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        y = self.body(x)
+        if pad_h or pad_w:
+            y = y[..., :height, :width]
+        return y
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The network proper; H and W must be multiples of 4 (the ONNX export runs this)."""
+        y = self.relu(self.in1(self.conv1(x)))
+        y = self.relu(self.in2(self.conv2(y)))
+        y = self.relu(self.in3(self.conv3(y)))
+        y = self.res5(self.res4(self.res3(self.res2(self.res1(y)))))
+        y = self.relu(self.in4(self.deconv1(y)))
+        y = self.relu(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+
+def clean_state_dict(state_dict: dict) -> dict:
+    """Drop legacy InstanceNorm buffers and a ``module.``/``_orig_mod.`` prefix."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.rsplit(".", 1)[-1] in _LEGACY_SUFFIXES:
+            continue
+        cleaned[key] = value
+    return cleaned
+
+
+def load_transformer(path: str | Path, map_location: str | torch.device = "cpu") -> TransformerNet:
+    """Load a TransformerNet state_dict (ours or pytorch/examples', legacy keys dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found; train it with `stylepipe train` (or `snakemake {path}`)")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        # a Lightning checkpoint: keep the transformer's weights
+        state = {k[len("transformer."):]: v for k, v in state["state_dict"].items() if k.startswith("transformer.")}
+    net = TransformerNet()
+    net.load_state_dict(clean_state_dict(state), strict=True)
+    return net.eval()

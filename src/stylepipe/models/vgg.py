@@ -1,0 +1,114 @@
+"""The loss network: torchvision VGG16 ``features`` up to relu4_3, frozen.
+
+Weights come from a local file (``stylepipe fetch loss-network`` writes it),
+never from the network at training time. The file holds torchvision's key
+names ``features.{i}.weight/bias`` for i < 23; a full torchvision VGG16
+state_dict works too (the classifier is ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torchvision.models import vgg16
+
+# index of each ReLU inside torchvision's vgg16().features
+LAYER_INDICES = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
+NUM_FEATURES = 23  # features[:23] ends with relu4_3
+
+# ImageNet statistics, for inputs scaled to 0–1 (pytorch/examples normalize_batch)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+FETCH_HINT = (
+    "fetch it with `stylepipe fetch loss-network --params params.yaml --output {path}` "
+    "(or run `snakemake {path}` / `dvc repro`)"
+)
+
+
+def _features() -> nn.Sequential:
+    return vgg16(weights=None).features[:NUM_FEATURES]
+
+
+def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """A seeded random initialisation with the same keys as the ImageNet file (offline runs, tests)."""
+    devices = []  # fork the RNG so the caller's global seed stays untouched
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        features = _features()
+    return {f"features.{k}": v.detach().clone().contiguous() for k, v in features.state_dict().items()}
+
+
+def _features_state(state: dict, path: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "features" and int(parts[1]) < NUM_FEATURES:
+            out[f"{parts[1]}.{parts[2]}"] = value
+    if not out:
+        raise ValueError(
+            f"{path}: no `features.{{i}}.weight/bias` keys (i < {NUM_FEATURES}); "
+            f"not a VGG16 state_dict. Re-{FETCH_HINT.format(path=path)}"
+        )
+    return out
+
+
+def load_features_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a loss network file → state_dict of ``features[:23]`` (keys ``{i}.weight/bias``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"loss network weights {path} not found: " + FETCH_HINT.format(path=path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return _features_state(state, path)
+
+
+class LossNetwork(nn.Module):
+    """Returns the activations at the requested relu layers for a 0–255 RGB batch."""
+
+    def __init__(self, layers: Iterable[str], state_dict: dict | None = None):
+        super().__init__()
+        layers = list(dict.fromkeys(layers))
+        unknown = [name for name in layers if name not in LAYER_INDICES]
+        if unknown:
+            raise ValueError(f"unknown loss network layer(s) {unknown}; choose from {list(LAYER_INDICES)}")
+        self.layers = sorted(layers, key=LAYER_INDICES.get)
+        features = _features()
+        if state_dict is not None:
+            features.load_state_dict(state_dict, strict=True)
+        # cut after the deepest requested layer: slices ending at each relu
+        bounds = [0] + [LAYER_INDICES[name] + 1 for name in self.layers]
+        self.slices = nn.ModuleList(features[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path, layers: Iterable[str]) -> "LossNetwork":
+        return cls(layers, load_features_state(path))
+
+    def train(self, mode: bool = True) -> "LossNetwork":
+        # always frozen and in eval mode, whatever the parent module does
+        return super().train(False)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """0–255 RGB → ImageNet-normalised input (same as pytorch/examples)."""
+        return (batch - self.mean) / self.std
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.normalize(batch)
+        out = {}
+        for name, block in zip(self.layers, self.slices):
+            x = block(x)
+            out[name] = x
+        return out
+
+
+def layer_names(*groups: Sequence[str]) -> list[str]:
+    """All distinct layers of several layer lists, in network order."""
+    names = {name for group in groups for name in group}
+    return sorted(names, key=LAYER_INDICES.get)

@@ -1,0 +1,360 @@
+"""`stylepipe train`: train one style's TransformerNet with Lightning.
+
+This module only builds objects (DataModule, LightningModule, callbacks,
+loggers, Trainer) from params and calls ``fit``; it resumes by itself from
+the newest checkpoint of the same configuration in ``--scratch``.
+
+On SIGTERM or SIGUSR1 the current step finishes, a checkpoint is written to
+``--scratch`` and the command exits with status 128 + signal number, so
+Snakemake and Slurm see that the step did not finish; running the same
+command again continues from there and ends with the same weights (on CPU,
+bit for bit) as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stylepipe.config import load_params, train_params
+from stylepipe.io import atomic_path, write_json
+
+CURVE_COLUMNS = ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
+LOSS_NAMES = CURVE_COLUMNS[1:5]
+# training values that change how a run is carried out, not what it computes
+OPERATIONAL_KEYS = {"num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "val_check_interval",
+                    "val_images", "early_stopping_patience", "devices", "num_nodes", "strategy", "accelerator"}
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", nargs="+", required=True, metavar="FILE", help="params files, merged in order")
+    parser.add_argument("--style", required=True, help="style name (a key of `styles` in params)")
+    parser.add_argument("--data", required=True, type=Path, help="resized shard dir (with manifest.json) or a folder of images")
+    parser.add_argument("--style-image", required=True, type=Path)
+    parser.add_argument("--loss-network", required=True, type=Path, help="VGG16 features state_dict")
+    parser.add_argument("--model", required=True, type=Path, help="output: TransformerNet state_dict (.pth)")
+    parser.add_argument("--onnx", type=Path, help="output: ONNX export")
+    parser.add_argument("--checkpoint", type=Path, help="output: the final Lightning checkpoint")
+    parser.add_argument("--summary", type=Path, help="output: summary JSON")
+    parser.add_argument("--curves", type=Path, help="output: per-step loss curves (CSV)")
+    parser.add_argument("--scratch", required=True, type=Path, help="resume checkpoints and TensorBoard logs")
+
+
+class Preempted(Exception):
+    def __init__(self, signum: int, path: Path, step: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.path, self.step = signum, path, step
+
+
+def fingerprint(tp: dict, seed: int, *files: Path, data: Path) -> str:
+    """Identifies what a run computes: a checkpoint of another configuration is never resumed."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in sorted(tp.items()) if k not in OPERATIONAL_KEYS} | {"seed": seed},
+                        sort_keys=True).encode())
+    for path in files:
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    manifest = data / "manifest.json"
+    if manifest.is_file():
+        h.update(manifest.read_bytes())
+    else:
+        from stylepipe.datamodule import list_images
+
+        for p in list_images(data):
+            st = p.stat()
+            h.update(f"{p.relative_to(data)}:{st.st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def find_resume_checkpoint(scratch: Path, fp: str) -> Path | None:
+    """The newest readable checkpoint of this configuration in ``scratch`` (ours, Lightning's last/hpc_ckpt_*)."""
+    best: tuple[int, int, Path] | None = None
+    for path in sorted(scratch.glob("*.ckpt")):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # a checkpoint cut short by a kill: skip it
+            print(f"stylepipe train: ignoring unreadable checkpoint {path}: {err}", file=sys.stderr)
+            continue
+        if ckpt.get("stylepipe_fingerprint") != fp:
+            print(f"stylepipe train: ignoring {path}: written for another configuration", file=sys.stderr)
+            continue
+        # prefer the most steps, then the most recent file
+        key = (int(ckpt.get("global_step", -1)), path.stat().st_mtime_ns, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+def _callbacks():
+    from pytorch_lightning.callbacks import Callback
+
+    class Preemption(Callback):
+        """SIGTERM/SIGUSR1 → finish the step, checkpoint into scratch, stop with an error.
+
+        Installed at train start, after Lightning's own handlers, which it
+        replaces for the run: Lightning's SIGUSR1 handler under Slurm saves from
+        inside the signal handler, mid-step, and requeues the job behind the
+        workflow manager's back.
+        """
+
+        def __init__(self, path: Path):
+            self.path = path
+            self.signum: int | None = None
+            self._previous: dict[int, Any] = {}
+
+        def _handler(self, signum: int, frame: Any) -> None:
+            self.signum = signum
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                for sig in PREEMPT_SIGNALS:
+                    self._previous[sig] = signal.signal(sig, self._handler)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            flag = self.signum is not None
+            if trainer.world_size > 1:
+                flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
+            if flag:
+                trainer.save_checkpoint(self.path)
+                raise Preempted(self.signum or signal.SIGTERM, self.path, trainer.global_step)
+
+        def teardown(self, trainer, pl_module, stage: str) -> None:
+            for sig, handler in self._previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+            self._previous = {}
+
+    class Curves(Callback):
+        """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves."""
+
+        def __init__(self, every: int):
+            self.every = every
+            self.rows: list[dict] = []
+            self.val: dict[str, float] = {}
+            self.wall_time = 0.0
+            self._start = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self._start = time.perf_counter()
+
+        def elapsed(self) -> float:
+            return self.wall_time + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            step = trainer.global_step
+            if step % self.every or (self.rows and self.rows[-1]["step"] >= step):
+                return
+            row = {"step": step, **{k: float(outputs[k]) for k in LOSS_NAMES}}
+            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+            self.rows.append(row)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            metrics = trainer.callback_metrics
+            self.val = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("val/")}
+
+        def state_dict(self) -> dict:
+            return {"rows": self.rows, "val": self.val, "wall_time": self.elapsed()}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.rows = list(state.get("rows", []))
+            self.val = dict(state.get("val", {}))
+            self.wall_time = float(state.get("wall_time", 0.0))
+
+    return Preemption, Curves
+
+
+def write_curves(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (row[k] if k == "step" else f"{row[k]:.8g}") for k in CURVE_COLUMNS})
+
+
+def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+    accelerator = tp["accelerator"]
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    checkpoint = ModelCheckpoint(
+        dirpath=scratch,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=tp["checkpoint_every_n_steps"],
+        save_top_k=1,
+        save_last=True,
+    )
+    callbacks = [*callbacks, checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar()]
+    if tp["early_stopping_patience"]:
+        callbacks.append(EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"]))
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=tp["devices"],
+        num_nodes=tp["num_nodes"],
+        strategy=tp["strategy"],
+        precision=tp["precision"],
+        max_epochs=tp["epochs"],
+        max_steps=tp["max_steps"],
+        accumulate_grad_batches=tp["accumulate_grad_batches"],
+        gradient_clip_val=tp["gradient_clip_val"],
+        # validate every N optimizer steps, across epoch boundaries
+        val_check_interval=tp["val_check_interval"] * tp["accumulate_grad_batches"],
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        # reflection padding has no deterministic CUDA backward: warn there instead of failing
+        deterministic=("warn" if on_cuda else True) if tp["deterministic"] else False,
+        log_every_n_steps=tp["log_every_n_steps"],
+        default_root_dir=scratch,
+        callbacks=callbacks,
+        logger=loggers,
+        use_distributed_sampler=False,  # ResumableSampler splits the data between processes itself
+        enable_model_summary=False,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    tp = train_params(params, args.style)
+    seed = int(params["seed"])
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from stylepipe.datamodule import ContentDataModule
+    from stylepipe.models.vgg import load_features_state
+    from stylepipe.module import StyleTransferModule, load_style_image
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    style_image = load_style_image(args.style_image, tp["style_size"])
+    vgg_state = load_features_state(args.loss_network)
+    if not args.data.exists():
+        raise FileNotFoundError(f"{args.data}: training data not found; create it with `stylepipe resize` "
+                                f"(or `snakemake {args.data}`), or pass a folder of images")
+    fp = fingerprint(tp, seed, args.style_image, args.loss_network, data=args.data)
+    args.scratch.mkdir(parents=True, exist_ok=True)
+
+    datamodule = ContentDataModule(args.data, tp["image_size"], tp["batch_size"], tp["val_images"], seed, tp["num_workers"])
+    module = StyleTransferModule(
+        style_image,
+        vgg_state,
+        lr=tp["lr"],
+        lr_schedule=tp["lr_schedule"],
+        max_steps=tp["max_steps"] if tp["max_steps"] > 0 else _epoch_steps(args.data, tp),
+        content_weight=tp["content_weight"],
+        style_weight=tp["style_weight"],
+        tv_weight=tp["tv_weight"],
+        content_layers=tp["content_layers"],
+        style_layers=tp["style_layers"],
+        style_layer_weights=tp["style_layer_weights"],
+        channels_last=tp["channels_last"],
+    )
+    module.fingerprint = fp
+    if tp["compile"]:
+        module.transformer = torch.compile(module.transformer)
+
+    Preemption, Curves = _callbacks()
+    preemption, curves = Preemption(args.scratch / "last.ckpt"), Curves(tp["log_every_n_steps"])
+    loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
+    trainer = build_trainer(tp, args.scratch, [preemption, curves], loggers)
+
+    resume = find_resume_checkpoint(args.scratch, fp)
+    if resume is None and trainer.is_global_zero:
+        _remove_stale(args.scratch)
+    elif trainer.is_global_zero:
+        print(f"stylepipe train: resuming from {resume}", file=sys.stderr)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except Preempted as stop:
+        if trainer.is_global_zero:
+            print(f"stylepipe train: {stop}; checkpoint saved to {stop.path}. "
+                  "Run the same command again to resume.", file=sys.stderr)
+        return 128 + int(stop.signum)
+    if trainer.interrupted:
+        return 1
+
+    final = args.scratch / "final.ckpt"
+    trainer.save_checkpoint(final)
+    if not trainer.is_global_zero:
+        return 0
+    transformer = module.transformer
+    transformer = getattr(transformer, "_orig_mod", transformer)
+    net = _plain_copy(transformer)
+    with atomic_path(args.model) as tmp:
+        torch.save(net.state_dict(), tmp)
+    if args.onnx:
+        from stylepipe.export import export_onnx
+
+        export_onnx(net, args.onnx)
+    if args.checkpoint:
+        with atomic_path(args.checkpoint) as tmp:
+            shutil.copyfile(final, tmp)
+    if args.curves:
+        write_curves(args.curves, curves.rows)
+    if args.summary:
+        write_json(args.summary, _summary(args.style, trainer, tp, datamodule, curves))
+    return 0
+
+
+def _plain_copy(transformer: torch.nn.Module):
+    """A CPU fp32 contiguous TransformerNet, loadable anywhere (no channels_last strides in the file)."""
+    from stylepipe.models.transformer import TransformerNet
+
+    net = TransformerNet()
+    state = {k: v.detach().float().cpu().contiguous() for k, v in transformer.state_dict().items()}
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def _epoch_steps(data: Path, tp: dict) -> int:
+    """Optimizer steps of an epoch-bounded run (the LR schedules need the total)."""
+    from stylepipe.datamodule import open_images
+
+    n = len(open_images(data, tp["image_size"])) - tp["val_images"]
+    return max(1, n // tp["batch_size"] // tp["accumulate_grad_batches"]) * tp["epochs"]
+
+
+def _remove_stale(scratch: Path) -> None:
+    for path in scratch.glob("*.ckpt"):
+        path.unlink()
+
+
+def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
+    steps = int(trainer.global_step)
+    world = int(trainer.world_size)
+    images_seen = steps * tp["batch_size"] * tp["accumulate_grad_batches"] * world
+    wall = curves.elapsed()
+    last = curves.rows[-1] if curves.rows else {}
+    device = str(trainer.strategy.root_device)
+    if trainer.strategy.root_device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(trainer.strategy.root_device)})"
+    return {
+        "style": style,
+        "steps": steps,
+        "epochs": round(images_seen / max(1, len(datamodule.train_set)), 4),
+        "images_seen": images_seen,
+        "wall_time_s": round(wall, 3),
+        "images_per_s": round(images_seen / wall, 3) if wall > 0 else None,
+        "precision": str(tp["precision"]),
+        "device": device,
+        "processes": world,
+        "train_losses": {k: last[k] for k in LOSS_NAMES if k in last},
+        "val_losses": dict(sorted(curves.val.items())),
+    }
