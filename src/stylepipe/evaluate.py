@@ -1,0 +1,159 @@
+"""Measure one style's network on the fixed evaluation set.
+
+The losses are the training objective, computed with the same loss network,
+layers and weights (``train`` with the style's overrides) on the stylized
+evaluation images the pipeline wrote, so the numbers say how well the network
+does on photographs it never saw. SSIM to the content image says how much of
+the photograph survives. Throughput and size say what the network costs.
+Every value is a finite number, so ``dvc metrics diff`` can compare commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
+
+from stylepipe.config import load_params, train_params
+from stylepipe.io import read_json, write_json
+
+WARMUP_IMAGES = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", nargs="+", required=True, metavar="FILE", help="params files, merged in order")
+    parser.add_argument("--style", required=True, help="the style's name in params.yaml")
+    parser.add_argument("--model", required=True, type=Path, help="trained TransformerNet (.pth)")
+    parser.add_argument("--eval-images", required=True, type=Path, help="folder of evaluation (content) images")
+    parser.add_argument("--stylized", required=True, type=Path, help="folder of the stylized evaluation images")
+    parser.add_argument("--style-image", required=True, type=Path, help="the style image the network was trained on")
+    parser.add_argument("--loss-network", required=True, type=Path, help="VGG16 features state_dict")
+    parser.add_argument("--train-summary", required=True, type=Path, help="the training run's summary.json")
+    parser.add_argument("--output", required=True, type=Path, help="metrics JSON to write")
+
+
+def _load_uint8(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    from stylepipe.datamodule import load_rgb
+
+    image = load_rgb(path)
+    if size is not None and image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def image_pairs(eval_dir: Path, stylized_dir: Path) -> list[tuple[Path, Path]]:
+    """(content image, stylized image) per evaluation image, matched by file stem."""
+    from stylepipe.datamodule import list_images
+
+    content = list_images(eval_dir)
+    if not content:
+        raise FileNotFoundError(f"{eval_dir}: no evaluation images; run `stylepipe fetch eval` first")
+    pairs = []
+    for path in content:
+        stylized = stylized_dir / f"{path.stem}.png"
+        if not stylized.is_file():
+            raise FileNotFoundError(f"{stylized}: stylized image missing; run `stylepipe stylize` for this style first")
+        pairs.append((path, stylized))
+    return pairs
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two uint8 RGB images (window shrunk for very small images)."""
+    win = min(7, min(a.shape[:2]))
+    win -= 1 - win % 2  # odd
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win))
+
+
+def _tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(image.copy()).permute(2, 0, 1).unsqueeze(0).float().to(device)
+
+
+@torch.inference_mode()
+def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
+    """Mean content/style/TV/total loss and SSIM over the evaluation images."""
+    from stylepipe.losses import content_loss, gram_matrix, style_loss, tv_loss
+    from stylepipe.models.vgg import LossNetwork, layer_names
+    from stylepipe.module import load_style_image
+
+    layers = layer_names(train["content_layers"], train["style_layers"])
+    net = LossNetwork.from_file(loss_network, layers).to(device)
+    style_features = net(load_style_image(style_image, train["style_size"]).to(device))
+    grams = {name: gram_matrix(style_features[name]) for name in train["style_layers"]}
+
+    sums = {"content_loss": 0.0, "style_loss": 0.0, "tv_loss": 0.0, "total_loss": 0.0, "ssim": 0.0}
+    for content_path, stylized_path in tqdm(pairs, desc="evaluate", unit="image"):
+        stylized = _load_uint8(stylized_path)
+        # the stylized image has the content image's size after stylize's --max-size
+        content = _load_uint8(content_path, size=(stylized.shape[1], stylized.shape[0]))
+        x, y = _tensor(content, device), _tensor(stylized, device)
+        target, features = net(x), net(y)
+        c = train["content_weight"] * content_loss(features, target, train["content_layers"]).item()
+        s = train["style_weight"] * style_loss(
+            features, grams, train["style_layers"], train["style_layer_weights"]
+        ).item()
+        tv = train["tv_weight"] * tv_loss(y).item() if train["tv_weight"] else 0.0
+        for key, value in (("content_loss", c), ("style_loss", s), ("tv_loss", tv), ("total_loss", c + s + tv)):
+            sums[key] += value
+        sums["ssim"] += ssim(stylized, content)
+    return {key: value / len(pairs) for key, value in sums.items()}
+
+
+@torch.inference_mode()
+def stylize_speed(model: torch.nn.Module, size: int, images: int, seed: int, device: torch.device) -> float:
+    """Images per second stylizing ``size``×``size`` images one at a time, after a warm-up."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.randint(0, 256, (images + WARMUP_IMAGES, 1, 3, size, size), generator=generator).float()
+    model = model.to(device)
+    for i in range(WARMUP_IMAGES):
+        model(batch[i].to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(WARMUP_IMAGES, WARMUP_IMAGES + images):
+        model(batch[i].to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return images / (time.perf_counter() - start)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from stylepipe.models.transformer import load_transformer
+
+    params = load_params(args.params)
+    train = train_params(params, args.style)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(params["seed"])
+
+    pairs = image_pairs(args.eval_images, args.stylized)
+    metrics = loss_metrics(pairs, args.style_image, args.loss_network, train, device)
+
+    summary = read_json(args.train_summary)
+    model = load_transformer(args.model)
+    speed = params["evaluate"]
+    metrics.update(
+        eval_images=len(pairs),
+        train_images_per_s=float(summary["images_per_s"]),
+        train_wall_time_s=float(summary["wall_time_s"]),
+        stylize_size=speed["speed_size"],
+        stylize_images_per_s=stylize_speed(model, speed["speed_size"], speed["speed_images"], params["seed"], device),
+        model_size_mb=args.model.stat().st_size / 1e6,
+        model_params=sum(p.numel() for p in model.parameters()),
+    )
+    bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
+    if bad:
+        raise ValueError(f"{args.style}: non-finite metrics {bad}; the network diverged (check the training curves)")
+    return metrics
+
+
+def main(args: argparse.Namespace) -> int:
+    metrics = evaluate(args)
+    write_json(args.output, metrics)
+    print(f"{args.style}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return 0

@@ -1,0 +1,91 @@
+"""Collect every style's metrics into one file and draw the gallery.
+
+``results/metrics.json`` maps style → metrics, the file ``dvc metrics diff``
+compares across commits. The gallery is one picture: a header row with the
+evaluation (content) images, then one labelled row per style with its
+stylization of each. Styles and images are in name order, so the same inputs
+give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from stylepipe.io import atomic_path, read_json, write_json
+
+CELL = 192  # each image is fitted into a CELL×CELL square
+PAD = 4
+LABEL_WIDTH = 128
+BACKGROUND = (255, 255, 255)
+TEXT = (0, 0, 0)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", nargs="+", required=True, type=Path,
+                        help="per-style metrics files (results/metrics/STYLE.json); the stem names the style")
+    parser.add_argument("--eval-images", required=True, type=Path, help="folder of evaluation (content) images")
+    parser.add_argument("--stylized-root", required=True, type=Path, help="folder holding one folder of stylized images per style")
+    parser.add_argument("--output", required=True, type=Path, help="all styles' metrics (JSON)")
+    parser.add_argument("--gallery", required=True, type=Path, help="gallery image (PNG)")
+
+
+def collect_metrics(paths: list[Path]) -> dict[str, dict]:
+    metrics = {}
+    for path in sorted(paths, key=lambda p: p.stem):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: metrics file missing; run `stylepipe evaluate` for style {path.stem}")
+        metrics[path.stem] = read_json(path)
+    if not metrics:
+        raise ValueError("no metrics files given")
+    return metrics
+
+
+def gallery_size(rows: int, cols: int) -> tuple[int, int]:
+    """(width, height) of a gallery with ``rows`` rows (header included) and ``cols`` images per row."""
+    return LABEL_WIDTH + cols * (CELL + PAD) + PAD, rows * (CELL + PAD) + PAD
+
+
+def _thumbnail(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return ImageOps.contain(image.convert("RGB"), (CELL, CELL), method=Image.Resampling.LANCZOS)
+
+
+def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str]) -> Image.Image:
+    """Rows: content images, then one row per style; columns: evaluation images."""
+    content = sorted(p for p in eval_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not content:
+        raise FileNotFoundError(f"{eval_dir}: no evaluation images")
+    rows = [("content", content)]
+    for style in styles:
+        stylized = [stylized_root / style / f"{p.stem}.png" for p in content]
+        missing = [str(p) for p in stylized if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"stylized images missing: {', '.join(missing)}; run `stylepipe stylize` for {style}")
+        rows.append((style, stylized))
+
+    canvas = Image.new("RGB", gallery_size(len(rows), len(content)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=16)
+    for r, (label, paths) in enumerate(rows):
+        top = PAD + r * (CELL + PAD)
+        draw.text((PAD, top + CELL // 2), label, fill=TEXT, font=font, anchor="lm")
+        for c, path in enumerate(paths):
+            thumb = _thumbnail(path)
+            left = LABEL_WIDTH + PAD + c * (CELL + PAD)
+            # centre the thumbnail in its cell
+            canvas.paste(thumb, (left + (CELL - thumb.width) // 2, top + (CELL - thumb.height) // 2))
+    return canvas
+
+
+def main(args: argparse.Namespace) -> int:
+    metrics = collect_metrics(args.metrics)
+    gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics))
+    with atomic_path(args.gallery) as tmp:
+        gallery.save(tmp, format="PNG")
+    write_json(args.output, metrics)
+    print(f"{len(metrics)} styles → {args.output}, gallery {gallery.width}×{gallery.height} → {args.gallery}")
+    return 0

@@ -1,0 +1,121 @@
+"""`stylepipe evaluate` and `stylepipe report` on tiny real inputs (random networks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylepipe.models.transformer import TransformerNet
+from stylepipe.models.vgg import random_state_dict
+from stylepipe.report import gallery_size
+
+STYLES = ("mosaic", "waves")
+EVAL = {"astronaut": (48, 40), "coffee": (40, 56), "rocket": (64, 64)}
+
+
+def _stylepipe(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "stylepipe", *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _image(path: Path, size: tuple[int, int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Inputs for two styles, then evaluate both and report (each command run for real)."""
+    import yaml
+    from conftest import tiny_params_dict
+
+    root = tmp_path_factory.mktemp("evaluate")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict()))
+    torch.save(random_state_dict(0), root / "vgg.pth")
+    for i, (name, size) in enumerate(EVAL.items()):
+        _image(root / "eval" / f"{name}.png", size, seed=i)
+    metrics = []
+    for s, style in enumerate(STYLES):
+        torch.manual_seed(s)
+        torch.save(TransformerNet().state_dict(), root / f"{style}.pth")
+        _image(root / f"{style}-style.png", (40, 30), seed=10 + s)
+        for i, (name, size) in enumerate(EVAL.items()):
+            _image(root / "stylized" / style / f"{name}.png", size, seed=100 * s + i)
+        (root / f"{style}-summary.json").write_text(json.dumps({"images_per_s": 12.5, "wall_time_s": 3.0}))
+        out = root / "metrics" / f"{style}.json"
+        _stylepipe(
+            "evaluate", "--params", params, "--style", style, "--model", root / f"{style}.pth",
+            "--eval-images", root / "eval", "--stylized", root / "stylized" / style,
+            "--style-image", root / f"{style}-style.png", "--loss-network", root / "vgg.pth",
+            "--train-summary", root / f"{style}-summary.json", "--output", out,
+        )
+        metrics.append(out)
+    report = ["report", "--metrics", *metrics, "--eval-images", root / "eval", "--stylized-root", root / "stylized"]
+    _stylepipe(*report, "--output", root / "metrics.json", "--gallery", root / "gallery.png")
+    _stylepipe(*report, "--output", root / "again.json", "--gallery", root / "again.png")
+    return root
+
+
+def test_metrics_are_finite_and_complete(run):
+    data = json.loads((run / "metrics" / "waves.json").read_text())
+    for key in ("content_loss", "style_loss", "tv_loss", "total_loss", "ssim", "train_images_per_s",
+                "train_wall_time_s", "stylize_images_per_s", "stylize_size", "model_size_mb", "model_params",
+                "eval_images"):
+        assert key in data and math.isfinite(data[key]), key
+    assert data["total_loss"] == pytest.approx(data["content_loss"] + data["style_loss"] + data["tv_loss"])
+    assert data["content_loss"] > 0 and data["style_loss"] > 0
+    assert -1 <= data["ssim"] <= 1
+    assert data["eval_images"] == len(EVAL)
+    assert data["train_images_per_s"] == 12.5
+    assert data["model_params"] == sum(p.numel() for p in TransformerNet().parameters())
+    assert data["stylize_images_per_s"] > 0
+
+
+def test_losses_differ_between_styles(run):
+    a, b = (json.loads((run / "metrics" / f"{s}.json").read_text()) for s in STYLES)
+    assert a["style_loss"] != b["style_loss"]
+
+
+def test_ssim_of_identical_images_is_one():
+    from stylepipe.evaluate import ssim
+
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    assert ssim(image, image) == pytest.approx(1.0)
+    assert ssim(image, 255 - image) < 0.5
+
+
+def test_report_collects_all_styles(run):
+    data = json.loads((run / "metrics.json").read_text())
+    assert list(data) == sorted(STYLES)
+    assert data["waves"] == json.loads((run / "metrics" / "waves.json").read_text())
+
+
+def test_gallery_grid_and_determinism(run):
+    with Image.open(run / "gallery.png") as gallery:
+        assert gallery.size == gallery_size(1 + len(STYLES), len(EVAL))
+        assert gallery.mode == "RGB"
+    assert (run / "gallery.png").read_bytes() == (run / "again.png").read_bytes()
+    assert (run / "metrics.json").read_bytes() == (run / "again.json").read_bytes()
+
+
+def test_missing_stylized_image_is_named(run, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "stylepipe", "report", "--metrics", str(run / "metrics" / "waves.json"),
+         "--eval-images", str(run / "eval"), "--stylized-root", str(tmp_path),
+         "--output", str(tmp_path / "m.json"), "--gallery", str(tmp_path / "g.png")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode != 0
+    assert "astronaut.png" in proc.stderr
+    assert not (tmp_path / "m.json").exists()
