@@ -1,0 +1,69 @@
+"""Bad params stop `snakemake -n` before any job, with the offending key named."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_params_dict
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def _workflow_copy(root: Path) -> Path:
+    for name in ("Snakefile", "workflow", "report"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    return root
+
+
+def _dry_run(root: Path, params: dict) -> subprocess.CompletedProcess:
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return subprocess.run([SNAKEMAKE, "-n", "--cores", "1"], cwd=root, capture_output=True, text=True)
+
+
+def _with(change) -> dict:
+    params = tiny_params_dict()
+    change(params)
+    return params
+
+
+CASES = {
+    "unknown key": (lambda p: p["train"].update(learning_rate=0.1), "train.learning_rate"),
+    "unknown top-level key": (lambda p: p.update(sed=1), "sed"),
+    "wrong type": (lambda p: p["train"].update(batch_size="four"), "train.batch_size"),
+    "number read as text": (lambda p: p["train"].update(style_weight="1e10"), "train.style_weight"),
+    "unknown style override": (lambda p: p["styles"]["waves"].update(style_wieght=1.0), "styles.waves.style_wieght"),
+    "missing style image": (lambda p: p["styles"].update(candy={"file": "images/candy.jpg"}), "styles.candy.file"),
+    "missing section": (lambda p: p.pop("evaluate"), "evaluate"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_params_stop_before_any_job(case, tmp_path):
+    root = _workflow_copy(tmp_path)
+    change, key = CASES[case]
+    proc = _dry_run(root, _with(change))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert key in output, output
+    assert "Job stats" not in output and "rule fetch" not in output
+    assert not (root / "logs").exists() and not (root / "data").exists()
+
+
+def test_good_params_plan_every_job(tmp_path):
+    root = _workflow_copy(tmp_path)
+    proc = _dry_run(root, tiny_params_dict())
+    assert proc.returncode == 0, proc.stderr
+    stats = proc.stdout.split("Job stats:")[1].split("total")[0]
+    counts = dict(line.split() for line in stats.splitlines()[3:] if line.strip())
+    # two styles: one fetch_style, train, stylize, evaluate each; the rest once
+    assert counts == {
+        "fetch_content": "1", "fetch_eval": "1", "fetch_loss_network": "1", "fetch_style": "2", "resize": "1",
+        "train": "2", "stylize": "2", "evaluate": "2", "report": "1", "all": "1",
+    }
