@@ -134,6 +134,12 @@ def replace_directory(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 class atomic_directory:
     """Context manager: yield a fresh temporary directory beside ``path``; on
     success it replaces ``path``, on error it is removed (no half-written output)."""
@@ -144,6 +150,7 @@ class atomic_directory:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; outputs are shared
         return self.tmp
 
     def __exit__(self, exc_type, *_: Any) -> None:
