@@ -1,0 +1,154 @@
+"""The whole pipeline through the real `snakemake` on tiny offline params.
+
+One run is shared by every test here (and by tests/test_pipeline_dvc.py, which
+compares `dvc repro`'s outputs with it). The workspace is a temporary git + DVC
+repository holding this repository's Snakefile, workflow/, dvc.yaml and the
+source files dvc.yaml lists as dependencies; the commands come from the
+installed package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, tiny_params_dict
+
+BIN = Path(sys.executable).parent
+PIPELINE_FILES = ("Snakefile", "workflow", "report", "dvc.yaml", ".dvcignore", ".gitignore", "src")
+DONE = ".snakemake-run-done"
+
+
+def tool_env() -> dict:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "stylepipe tests", "GIT_AUTHOR_EMAIL": "tests@example.org",
+        "GIT_COMMITTER_NAME": "stylepipe tests", "GIT_COMMITTER_EMAIL": "tests@example.org",
+    }
+
+
+def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=root, env=tool_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def make_workspace(root: Path, params: dict) -> Path:
+    """A fresh git + DVC repository with the pipeline files and ``params`` as params.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(root, "git", "init", "-q")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "dvc", "config", "core.analytics", "false")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "pipeline")
+    return root
+
+
+def snakemake_workspace(tmp_path_factory) -> Path:
+    """The tiny pipeline run once by `snakemake --cores 2`, shared by this session's tests."""
+    root = tmp_path_factory.getbasetemp() / "pipeline-snakemake"
+    if not (root / DONE).exists():
+        shutil.rmtree(root, ignore_errors=True)
+        make_workspace(root, tiny_params_dict())
+        sh(root, "snakemake", "--cores", "2")
+        (root / DONE).touch()
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return snakemake_workspace(tmp_path_factory)
+
+
+STYLES = sorted(tiny_params_dict()["styles"])
+EVAL = [item["name"] for item in tiny_params_dict()["data"]["eval"]]
+
+
+def test_every_declared_output_exists(run):
+    summary = sh(run, "snakemake", "--summary").stdout.splitlines()
+    header, rows = summary[0].split("\t"), [line.split("\t") for line in summary[1:] if line.strip()]
+    assert header[:3] == ["output_file", "date", "rule"]
+    outputs = {row[0]: row for row in rows}
+    rules = {row[2] for row in rows}
+    assert rules == {"fetch_content", "fetch_eval", "fetch_style", "fetch_loss_network", "resize",
+                     "train", "stylize", "evaluate", "report"}
+    for path, row in outputs.items():
+        assert (run / path).exists(), path
+        assert row[header.index("status")] == "ok", row
+    for style in STYLES:
+        for path in (f"results/models/{style}.pth", f"results/models/{style}.onnx",
+                     f"results/checkpoints/{style}.ckpt", f"results/train/{style}/curves.csv",
+                     f"results/metrics/{style}.json", f"logs/train/{style}.log"):
+            assert (run / path).is_file(), path
+    # nothing left to do
+    assert "Nothing to be done" in sh(run, "snakemake", "-n").stdout
+
+
+def test_metrics_are_finite(run):
+    metrics = json.loads((run / "results/metrics.json").read_text())
+    assert sorted(metrics) == STYLES
+    for style, values in metrics.items():
+        assert values == json.loads((run / f"results/metrics/{style}.json").read_text())
+        for key, value in values.items():
+            assert isinstance(value, (int, float)) and math.isfinite(value), (style, key, value)
+        assert values["eval_images"] == len(EVAL)
+
+
+def test_stylized_images_and_gallery_grid(run):
+    from stylepipe.report import gallery_size
+
+    max_size = tiny_params_dict()["stylize"]["max_size"]
+    for style in STYLES:
+        stylized = sorted(p.stem for p in (run / "results/stylized" / style).glob("*.png"))
+        assert stylized == sorted(EVAL)
+        for name in EVAL:
+            with Image.open(run / "results/stylized" / style / f"{name}.png") as image:
+                assert max(image.size) <= max_size
+    with Image.open(run / "results/gallery.png") as gallery:
+        assert gallery.size == gallery_size(1 + len(STYLES), len(EVAL))
+
+
+def test_training_curves_have_the_contract_columns(run):
+    for style in STYLES:
+        lines = (run / f"results/train/{style}/curves.csv").read_text().splitlines()
+        assert lines[0].split(",")[:5] == ["step", "content_loss", "style_loss", "tv_loss", "total_loss"]
+        assert len(lines) > 1
+
+
+def test_snakemake_report_shows_the_gallery(run, tmp_path):
+    report = tmp_path / "report.html"
+    sh(run, "snakemake", "--report", str(report))
+    assert report.stat().st_size > 0
+    assert "gallery.png" in report.read_text(errors="replace")
+
+
+def test_dvc_commit_records_a_snakemake_run(run, tmp_path):
+    # on a copy: the run itself stays as Snakemake left it for the DVC tests
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    status = sh(work, "dvc", "status").stdout
+    assert "changed outs" in status or "deleted" in status or "modified" in status
+    sh(work, "dvc", "commit", "--force")
+    assert "up to date" in sh(work, "dvc", "status").stdout
+    # the lock file records every stage, ready for `git commit` and `dvc push`
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    assert {f"train@{s}" for s in STYLES} <= set(lock["stages"])
