@@ -53,6 +53,9 @@ def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
     except UnidentifiedImageError as err:
+        kind = _signature(path)
+        if kind:
+            raise ImageError(path, f"corrupt image: starts like a {kind} file but cannot be read") from err
         raise ImageError(path, "not an image (unrecognised format)") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(path, f"decompression bomb refused: {err}") from err
@@ -68,6 +71,24 @@ def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
             path, f"decompression bomb refused: {width}x{height} = {width * height:,} pixels > limit {limit:,}"
         )
     return image
+
+
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF8": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"RIFF": "WebP",
+}
+
+
+def _signature(path: Path) -> str | None:
+    """The format a file's first bytes announce, to tell corrupt from not-an-image."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
 def decode(image: Image.Image, path: str | Path) -> Image.Image:

@@ -63,14 +63,39 @@ def _crop_resize(chw: torch.Tensor, size: int) -> np.ndarray:
     return np.ascontiguousarray(square[0].numpy())
 
 
-def _decode_jpeg_tensor(path: Path) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg
+def _jpeg_decoder():
+    """torchvision's libjpeg-turbo decoder (straight into a tensor), or None.
 
+    torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec;
+    the version is pinned, and without it the Pillow path below takes over.
+    """
+    global _DECODE_JPEG
+    if _DECODE_JPEG is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import ImageReadMode, decode_jpeg
+
+            def _decode(data: torch.Tensor) -> torch.Tensor:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # warned on every call
+                    return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+            _DECODE_JPEG = _decode
+        except ImportError:
+            _DECODE_JPEG = False
+    return _DECODE_JPEG or None
+
+
+_DECODE_JPEG = None
+
+
+def _decode_jpeg_tensor(path: Path, decoder) -> torch.Tensor:
     data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
     try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        return decoder(data)
     except RuntimeError as err:
-        text = str(err).rsplit(":", 1)[-1].strip() or "decoder error"
+        text = str(err).rsplit(",", 1)[-1].strip() or "decoder error"
         reason = "truncated image" if "truncated" in text or "incomplete" in text else "corrupt image data"
         raise ImageError(path, f"{reason}: {text}") from err
 
@@ -82,9 +107,10 @@ def resize_file(path: str | Path, size: int, *, max_pixels: int | None = None) -
     try:
         short = min(image.size)
         if image.format == "JPEG" and image.mode in ("RGB", "L"):
-            if short < 4 * size:
+            decoder = _jpeg_decoder()
+            if short < 4 * size and decoder is not None:
                 image.close()
-                return _crop_resize(_decode_jpeg_tensor(path), size)
+                return _crop_resize(_decode_jpeg_tensor(path, decoder), size)
             # DCT-domain downscale; draft keeps the short side >= 2 * size
             image.draft("RGB", (2 * size, 2 * size))
         decode(image, path)

@@ -1,0 +1,187 @@
+"""stylepipe resize and load_rgb on every kind of real-world input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylepipe.cli import main as cli
+from stylepipe.data.images import ImageError, load_rgb
+from stylepipe.data.resize import list_files, resize_file, resize_folder
+from stylepipe.data.shards import ShardReader
+
+N = 16
+RED, BLUE = (220, 20, 20), (20, 20, 220)
+
+
+def _halves(width: int, height: int) -> Image.Image:
+    """Left half red, right half blue."""
+    arr = np.zeros((height, width, 3), np.uint8)
+    arr[:, : width // 2] = RED
+    arr[:, width // 2 :] = BLUE
+    return Image.fromarray(arr)
+
+
+def _with_orientation(image: Image.Image, path: Path, orientation: int, **save) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif, **save)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG claiming width x height pixels: cheap on disk, a bomb if decoded."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+
+
+KEPT = {
+    "a_rgb.jpg", "b_gray.png", "c_cmyk.jpg", "d_palette_alpha.png", "e_rgba.png", "f_16bit.png",
+    "g_exif6_small.jpg", "h_exif6_big.jpg", "i_exif6.png", "nested/j_gray.jpg", "k_small_upscaled.png",
+}
+SKIPPED = {
+    "s_truncated_small.jpg": "truncated",
+    "t_truncated_big.jpg": "truncated",
+    "u_corrupt.png": "corrupt",
+    "v_zero.jpg": "empty file",
+    "w_notes.txt": "not an image",
+    "x_bomb.png": "decompression bomb",
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("raw")
+    (d / "nested").mkdir()
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    photo.save(d / "a_rgb.jpg", quality=90)
+    Image.new("L", (40, 30), 77).save(d / "b_gray.png")
+    Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(d / "c_cmyk.jpg")  # pure red in CMYK
+    pal = Image.new("P", (40, 30), 0)
+    pal.putpalette([0, 0, 0, 0, 200, 0] + [0] * 762)
+    pal.paste(1, (0, 0, 20, 30))
+    pal.save(d / "d_palette_alpha.png", transparency=0)  # index 0 transparent -> white
+    rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (20, 0, 40, 30))
+    rgba.save(d / "e_rgba.png")
+    Image.fromarray(np.full((30, 40), 32896, np.uint16)).save(d / "f_16bit.png")  # 32896/257 = 128
+    _with_orientation(_halves(60, 40), d / "g_exif6_small.jpg", 6, quality=95)
+    _with_orientation(_halves(240, 160), d / "h_exif6_big.jpg", 6, quality=95)  # short side >= 4N: DCT draft
+    _with_orientation(_halves(60, 40), d / "i_exif6.png", 6)
+    Image.new("L", (40, 30), 200).save(d / "nested" / "j_gray.jpg")
+    Image.new("RGB", (8, 6), (10, 200, 10)).save(d / "k_small_upscaled.png")
+    small = (d / "a_rgb.jpg").read_bytes()
+    (d / "s_truncated_small.jpg").write_bytes(small[: len(small) // 2])
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    (d / "t_truncated_big.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    good_png = (d / "b_gray.png").read_bytes()
+    (d / "u_corrupt.png").write_bytes(good_png[:40] + b"\xff" * 40 + good_png[80:])
+    (d / "v_zero.jpg").write_bytes(b"")
+    (d / "w_notes.txt").write_text("not a picture\n")
+    _png_header_only(d / "x_bomb.png", 200_000, 200_000)
+    (d / ".snakemake_timestamp").write_text("")  # hidden files are not inputs
+    return d
+
+
+@pytest.fixture(scope="module")
+def resized(inputs, tmp_path_factory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("resized")
+    resize_folder(inputs, out / "w1", N, workers=1, per_shard=4, progress=False)
+    assert cli(["resize", "--input", str(inputs), "--output", str(out / "w2"), "--size", str(N),
+                "--workers", "2", "--images-per-shard", "4"]) == 0
+    return out / "w1", out / "w2"
+
+
+def _by_name(reader: ShardReader) -> dict[str, np.ndarray]:
+    return {name: reader[i].numpy() for i, name in enumerate(reader.manifest["images"])}
+
+
+def test_manifest_lists_kept_and_skipped(resized):
+    manifest = ShardReader(resized[0]).manifest
+    assert manifest["images"] == sorted(KEPT)
+    assert {s["file"] for s in manifest["skipped"]} == set(SKIPPED)
+    for item in manifest["skipped"]:
+        assert SKIPPED[item["file"]] in item["reason"], item
+    assert manifest["count"] == len(KEPT) and manifest["skipped_count"] == len(SKIPPED)
+    assert manifest["input_count"] == len(KEPT) + len(SKIPPED)
+    assert [s["count"] for s in manifest["shards"]] == [4, 4, 3]
+    assert manifest["image_size"] == N
+
+
+def test_byte_identical_whatever_the_worker_count(resized):
+    one, two = resized
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir())
+    assert names == ["manifest.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+def test_every_mode_becomes_sensible_rgb(resized):
+    images = _by_name(ShardReader(resized[0]))
+    for name, img in images.items():
+        assert img.shape == (3, N, N) and img.dtype == np.uint8, name
+    assert np.all(images["b_gray.png"] == 77)
+    red = images["c_cmyk.jpg"][:, N // 2, N // 2]
+    assert red[0] > 200 and red[1] < 40 and red[2] < 40
+    pal = images["d_palette_alpha.png"]  # left: green index, right: transparent -> white
+    assert tuple(pal[:, N // 2, 1]) == (0, 200, 0) and tuple(pal[:, N // 2, -2]) == (255, 255, 255)
+    rgba = images["e_rgba.png"]
+    assert tuple(rgba[:, N // 2, 1]) == (255, 255, 255) and tuple(rgba[:, N // 2, -2]) == (0, 0, 255)
+    assert np.all(images["f_16bit.png"] == 128)
+    assert np.all(images["nested/j_gray.jpg"][0] == images["nested/j_gray.jpg"][2])
+    assert tuple(images["k_small_upscaled.png"][:, 3, 3]) == (10, 200, 10)
+
+
+@pytest.mark.parametrize("name", ["g_exif6_small.jpg", "h_exif6_big.jpg", "i_exif6.png"])
+def test_exif_orientation_by_pixels(resized, name):
+    # stored landscape, left red | right blue; orientation 6 = rotate 90° clockwise
+    # to display, so the upright portrait is red on top, blue at the bottom
+    img = _by_name(ShardReader(resized[0]))[name].astype(int)
+    top, bottom = img[:, 1, N // 2], img[:, -2, N // 2]
+    assert top[0] > 150 and top[2] < 80, top
+    assert bottom[2] > 150 and bottom[0] < 80, bottom
+
+
+def test_load_rgb_matches_resize_orientation(inputs):
+    image = load_rgb(inputs / "g_exif6_small.jpg")
+    assert image.mode == "RGB" and image.size == (40, 60)
+    assert image.getpixel((20, 2))[0] > 150 and image.getpixel((20, 57))[2] > 150
+
+
+@pytest.mark.parametrize("name", sorted(SKIPPED))
+def test_load_rgb_refuses_bad_files_clearly(inputs, name):
+    with pytest.raises(ImageError, match=SKIPPED[name]) as err:
+        load_rgb(inputs / name)
+    assert name in str(err.value)
+
+
+def test_max_pixels_knob_refuses_as_bomb(inputs):
+    with pytest.raises(ImageError, match="decompression bomb"):
+        resize_file(inputs / "a_rgb.jpg", N, max_pixels=64 * 47)
+    assert resize_file(inputs / "a_rgb.jpg", N, max_pixels=64 * 48).shape == (3, N, N)
+
+
+def test_hidden_files_are_not_inputs(inputs):
+    assert ".snakemake_timestamp" not in list_files(inputs)
+
+
+def test_nothing_usable_is_an_error_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"")
+    assert cli(["resize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--size", "8"]) == 1
+    assert "a.jpg: empty file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_missing_input_folder_names_the_fix(tmp_path, capsys):
+    assert cli(["resize", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--size", "8"]) == 1
+    assert "stylepipe fetch content" in capsys.readouterr().err
