@@ -152,3 +152,17 @@ def test_dvc_commit_records_a_snakemake_run(run, tmp_path):
     # the lock file records every stage, ready for `git commit` and `dvc push`
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert {f"train@{s}" for s in STYLES} <= set(lock["stages"])
+
+
+def test_changed_weight_reruns_only_that_style(run, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["styles"]["waves"]["style_weight"] = params["train"]["style_weight"] * 10
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(work, "snakemake", "-n").stdout
+    stats = out.split("Job stats:")[1].split("total")[0]
+    counts = dict(line.split() for line in stats.splitlines()[3:] if line.strip())
+    # Snakemake's params trigger, like DVC's params: the style's steps, then the report
+    assert counts == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1", "all": "1"}
+    assert "wildcards: style=mosaic" not in out
