@@ -1,0 +1,245 @@
+"""`stylepipe download`: fetch a URL to a file you can trust.
+
+- resumable: bytes go to ``PATH.part``; a rerun (or a retry after a dropped
+  connection) continues from where it stopped with an HTTP Range request,
+  and starts over if the server ignores Range;
+- verified: md5 or sha256, a hex prefix of at least 8 digits is enough (as
+  torch.hub names its files, e.g. ``vgg16-397923af.pth``);
+- atomic: ``PATH`` appears only after verification; a mismatch deletes the
+  bad ``.part`` and leaves nothing under ``PATH``;
+- ``--extract``: the verified zip/tar archive is unpacked into the folder
+  ``PATH`` (see :mod:`stylepipe.data.archive`).
+
+Only the standard library's urllib is used (``http``, ``https``, ``file`` URLs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stylepipe import __version__
+
+CHUNK = 1 << 20
+DOWNLOAD_CACHE = Path("scratch/downloads")
+_HEX = re.compile(r"^[0-9a-fA-F]{8,64}$")
+
+
+class DownloadError(RuntimeError):
+    """A download failed for good; the message names the URL and what to do."""
+
+
+class ChecksumError(DownloadError):
+    """The downloaded bytes do not match the expected checksum."""
+
+
+class _Incomplete(Exception):
+    """The connection ended before the announced length: retry and resume."""
+
+
+# Transient failures: retried with backoff, resuming from the .part file.
+_TRANSIENT = (
+    _Incomplete,
+    http.client.IncompleteRead,
+    http.client.RemoteDisconnected,
+    ConnectionError,
+    socket.timeout,
+    TimeoutError,
+)
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def cache_path(url: str, cache: str | Path = DOWNLOAD_CACHE) -> Path:
+    """Where a URL's file is kept across runs (the last path component of the URL)."""
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    return Path(cache) / name
+
+
+def _checksum(md5: str | None, sha256: str | None) -> tuple[str, str] | None:
+    if md5 and sha256:
+        raise ValueError("give one checksum, --md5 or --sha256, not both")
+    algo, expected = ("md5", md5) if md5 else ("sha256", sha256) if sha256 else (None, None)
+    if algo is None:
+        return None
+    if not _HEX.match(expected):
+        raise ValueError(f"{algo} {expected!r} is not 8 to 64 hex digits")
+    return algo, expected.lower()
+
+
+def file_digest(path: Path, algo: str, progress: bool = True) -> str:
+    digest = hashlib.new(algo)
+    size = path.stat().st_size
+    with open(path, "rb") as f, tqdm(
+        total=size, unit="B", unit_scale=True, desc=f"verify {path.name}", disable=not progress or size < 64 * CHUNK
+    ) as bar:
+        while block := f.read(CHUNK):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def _matches(path: Path, check: tuple[str, str] | None, progress: bool) -> tuple[bool, str]:
+    if check is None:
+        return True, ""
+    actual = file_digest(path, check[0], progress)
+    return actual.startswith(check[1]), actual
+
+
+def _open(url: str, offset: int, timeout: float):
+    headers = {"User-Agent": f"stylepipe/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """Append the rest of ``url`` to ``part``; raises a _TRANSIENT error if cut off."""
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open(url, offset, timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:
+            # our .part is as long as (or longer than) the file: start over to be sure
+            err.close()
+            part.unlink()
+            raise _Incomplete("range not satisfiable; restarting") from err
+        raise
+    with response:
+        status = getattr(response, "status", None)
+        if offset and status != 206:
+            offset = 0  # server (or file://) ignored the Range header: start over
+        length = response.headers.get("Content-Length")
+        expected_total = offset + int(length) if length is not None else None
+        mode = "ab" if offset else "wb"
+        with open(part, mode) as out, tqdm(
+            total=expected_total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            desc=Path(urllib.parse.urlparse(url).path).name or url,
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            if offset and out.tell() != offset:
+                raise DownloadError(f"{part}: changed while resuming; delete it and run again")
+            while block := response.read(CHUNK):
+                out.write(block)
+                bar.update(len(block))
+            written = out.tell()
+    if expected_total is not None and written < expected_total:
+        raise _Incomplete(f"connection closed after {written:,} of {expected_total:,} bytes")
+
+
+def download(
+    url: str,
+    output: str | Path,
+    *,
+    md5: str | None = None,
+    sha256: str | None = None,
+    extract: bool = False,
+    archive: str | Path | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` to ``output`` (resume, retry, verify, atomic rename).
+
+    With ``extract=True``, ``output`` is a folder: the archive is downloaded to
+    ``archive`` (default ``scratch/downloads/<name from the URL>``) and
+    unpacked into ``output`` atomically. An existing verified file is reused.
+    """
+    output = Path(output)
+    check = _checksum(md5, sha256)
+    if extract:
+        from stylepipe.data.archive import extract_archive
+
+        archive = Path(archive) if archive else cache_path(url)
+        download(url, archive, md5=md5, sha256=sha256, retries=retries, backoff=backoff,
+                 timeout=timeout, progress=progress)
+        extract_archive(archive, output, progress=progress)
+        return output
+
+    if output.is_file():
+        ok, _ = _matches(output, check, progress)
+        if ok:
+            return output  # already downloaded and verified
+        output.unlink()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    part = output.with_name(output.name + ".part")
+
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, timeout, progress)
+            break
+        except urllib.error.HTTPError as err:
+            if err.code not in _RETRY_STATUS or attempt == retries:
+                raise DownloadError(
+                    f"{url}: HTTP {err.code} {err.reason}; check the URL (in params.yaml, if it came from there)"
+                ) from err
+            error: Exception = err
+        except urllib.error.URLError as err:
+            if attempt == retries:
+                raise DownloadError(
+                    f"{url}: {err.reason}; check the URL and the network (on an offline machine, put the file "
+                    f"at {output} yourself: it is verified and reused)"
+                ) from err
+            error = err
+        except _TRANSIENT as err:
+            if attempt == retries:
+                raise DownloadError(
+                    f"{url}: gave up after {retries + 1} attempts ({err}); {part} is kept: run again to resume"
+                ) from err
+            error = err
+        delay = backoff * 2**attempt
+        print(f"download {url}: {error}; retrying in {delay:.0f}s (resuming)", file=sys.stderr)
+        time.sleep(delay)
+
+    ok, actual = _matches(part, check, progress)
+    if not ok:
+        part.unlink()
+        raise ChecksumError(
+            f"{url}: {check[0]} mismatch: expected {check[1]}, got {actual}. The download was discarded "
+            f"and nothing was written to {output}. If the file changed upstream, update the checksum."
+        )
+    os.replace(part, output)
+    return output
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="http(s):// or file:// URL")
+    parser.add_argument("--output", required=True, type=Path, help="the file (or, with --extract, the folder) to create")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--md5", help="expected MD5 (hex; a prefix of 8 or more digits is accepted)")
+    group.add_argument("--sha256", help="expected SHA-256 (hex; a prefix of 8 or more digits is accepted)")
+    parser.add_argument("--extract", action="store_true", help="unpack the zip/tar archive into the folder --output")
+    parser.add_argument(
+        "--archive", type=Path, default=None,
+        help="with --extract: where to keep the downloaded archive (default scratch/downloads/<name>)",
+    )
+    parser.add_argument("--retries", type=int, default=5, help="retries after a dropped connection (default 5)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from stylepipe.data.archive import ArchiveError
+
+    try:
+        path = download(args.url, args.output, md5=args.md5, sha256=args.sha256, extract=args.extract,
+                        archive=args.archive, retries=args.retries)
+    except (DownloadError, ArchiveError, ValueError) as err:
+        print(f"stylepipe download: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0

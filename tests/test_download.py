@@ -1,0 +1,197 @@
+"""Downloads against a real HTTP server on 127.0.0.1: resume, verify, fail clearly."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from stylepipe.cli import main as cli
+from stylepipe.data.archive import ArchiveError, extract_archive
+from stylepipe.data.download import ChecksumError, DownloadError, download
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """/ok: honours Range. /drop: the first response stops mid-file and closes
+    the connection. /norange-drop: same, and the server ignores Range.
+    /zip, /tar: archives with a member escaping the target. Else 404."""
+
+    files: dict[str, bytes] = {}
+    requests: list[tuple[str, str | None]] = []
+    dropped: set[str] = set()
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        Handler.requests.append((self.path, self.headers.get("Range")))
+        body = Handler.files.get(self.path.rsplit("/", 1)[-1])
+        if body is None:
+            self.send_error(404, "Not Found")
+            return
+        honour_range = not self.path.startswith("/norange")
+        start = 0
+        if honour_range and self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        drop = self.path.startswith(("/drop", "/norange")) and self.path not in Handler.dropped
+        if drop:
+            Handler.dropped.add(self.path)
+            self.wfile.write(body[start : start + len(body) // 3])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body[start:])
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    Handler.files["data.bin"] = PAYLOAD
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    Handler.requests.clear()
+    Handler.dropped.clear()
+
+
+def test_plain_download_verifies_sha256_prefix(server, tmp_path):
+    out = download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256[:8], progress=False)
+    assert out.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]  # no .part left
+
+
+def test_dropped_connection_resumes_with_range_and_verifies(server, tmp_path):
+    out = download(f"{server}/drop/data.bin", tmp_path / "data.bin", md5=MD5, backoff=0.01, progress=False)
+    assert out.read_bytes() == PAYLOAD
+    assert len(Handler.requests) == 2
+    assert Handler.requests[0][1] is None
+    assert Handler.requests[1][1] == f"bytes={len(PAYLOAD) // 3}-"  # resumed, not restarted
+
+
+def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
+    out = download(f"{server}/norange/data.bin", tmp_path / "data.bin", sha256=SHA256, backoff=0.01, progress=False)
+    assert out.read_bytes() == PAYLOAD  # not the first third twice
+    assert Handler.requests[1][1] is not None  # it asked for a range, got the whole file
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:1000])
+    download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert Handler.requests == [("/ok/data.bin", "bytes=1000-")]
+    assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+
+
+def test_wrong_bytes_clear_error_and_nothing_left(server, tmp_path):
+    wrong = "0" * 64
+    with pytest.raises(ChecksumError) as err:
+        download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=wrong, progress=False)
+    message = str(err.value)
+    assert f"{server}/ok/data.bin" in message and wrong in message and SHA256 in message
+    assert list(tmp_path.iterdir()) == []  # neither the final file nor the bad .part
+
+
+def test_404_is_a_clear_error(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404") as err:
+        download(f"{server}/ok/missing.bin", tmp_path / "m.bin", md5=MD5, progress=False)
+    assert "missing.bin" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+    assert len(Handler.requests) == 1  # a 404 is not retried
+
+
+def test_existing_verified_file_is_reused(server, tmp_path):
+    (tmp_path / "data.bin").write_bytes(PAYLOAD)
+    download(f"{server}/ok/data.bin", tmp_path / "data.bin", md5=MD5[:8], progress=False)
+    assert Handler.requests == []
+
+
+def test_file_url(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(PAYLOAD)
+    out = download(src.as_uri(), tmp_path / "copy.bin", sha256=SHA256, progress=False)
+    assert out.read_bytes() == PAYLOAD
+
+
+def test_cli_requires_a_checksum_and_reports_errors(server, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli(["download", f"{server}/ok/data.bin", "--output", str(tmp_path / "x")])
+    assert cli(["download", f"{server}/ok/nope.bin", "--output", str(tmp_path / "x"), "--md5", MD5]) == 1
+    assert "HTTP 404" in capsys.readouterr().err
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _tar(members: dict[str, bytes], links: dict[str, str] = {}) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def test_extract_zip_over_http(server, tmp_path):
+    Handler.files["good.zip"] = data = _zip({"train2014/a.jpg": b"a", "train2014/b.jpg": b"b"})
+    out = download(f"{server}/ok/good.zip", tmp_path / "content", md5=hashlib.md5(data).hexdigest(),
+                   extract=True, archive=tmp_path / "cache" / "good.zip", progress=False)
+    assert (out / "train2014" / "b.jpg").read_bytes() == b"b"
+    assert (tmp_path / "cache" / "good.zip").is_file()  # kept for reruns
+
+
+@pytest.mark.parametrize(
+    "kind, data",
+    [
+        ("zip", _zip({"ok.txt": b"x", "../evil.txt": b"x"})),
+        ("zip", _zip({"/abs/evil.txt": b"x"})),
+        ("tar", _tar({"ok.txt": b"x", "sub/../../evil.txt": b"x"})),
+        ("tar", _tar({"ok.txt": b"x"}, links={"link": "../../etc"})),
+    ],
+)
+def test_archive_escaping_member_is_refused(tmp_path, kind, data):
+    archive = tmp_path / f"bad.{kind}"
+    archive.write_bytes(data)
+    with pytest.raises(ArchiveError, match="refusing"):
+        extract_archive(archive, tmp_path / "out" / "content", progress=False)
+    assert not (tmp_path / "out" / "content").exists()
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no half-extracted temp folder
+
+
+def test_cli_extract_refuses_escaping_zip(server, tmp_path, capsys):
+    Handler.files["evil.zip"] = data = _zip({"../evil.txt": b"x"})
+    rc = cli(["download", f"{server}/ok/evil.zip", "--output", str(tmp_path / "content"), "--extract",
+              "--archive", str(tmp_path / "evil.zip"), "--sha256", hashlib.sha256(data).hexdigest()])
+    assert rc == 1
+    assert "escapes the target folder" in capsys.readouterr().err
+    assert not (tmp_path / "content").exists()
