@@ -1,0 +1,103 @@
+"""The Snakemake profiles, dry-run on the default params.yaml: no cluster needed.
+
+`snakemake --profile slurm` must work as typed from the root of a fresh
+checkout; here the Slurm commands are hidden from PATH to show that planning
+the run needs none of them (the submitting itself does, see test_slurm.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+CHECKOUT = ("Snakefile", "workflow", "report", "profiles", "slurm", "params.yaml", "config")
+STYLES = list(yaml.safe_load((REPO / "params.yaml").read_text())["styles"])
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("checkout")
+    for name in CHECKOUT:
+        src = REPO / name
+        if src.is_symlink():
+            os.symlink(os.readlink(src), root / name)
+        elif src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    return root
+
+
+def dry_run(root: Path, *args: str, env: dict | None = None) -> str:
+    # Only the Python environment and `which` on PATH: no sinfo, sbatch, squeue, sacct.
+    tools = root.parent / f"{root.name}-tools"
+    tools.mkdir(exist_ok=True)
+    for tool in ("which", "sh"):
+        found = shutil.which(tool)
+        if found and not (tools / tool).exists():
+            os.symlink(found, tools / tool)
+    env = {"HOME": os.environ.get("HOME", str(root)), "PATH": f"{BIN}{os.pathsep}{tools}", "LANG": "C.UTF-8",
+           **(env or {})}
+    proc = subprocess.run(["snakemake", *args, "-n"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def jobs(output: str) -> list[dict]:
+    """The jobs of a dry-run listing: rule, wildcards, resources."""
+    found = []
+    for block in re.split(r"\n(?=(?:local)?rule \S+:)", output):
+        head = re.match(r"(?:local)?rule (\S+):", block)
+        if not head:
+            continue
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        found.append({
+            "rule": head.group(1),
+            "wildcards": dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {},
+            "resources": dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {},
+        })
+    return found
+
+
+def test_slurm_profile_plans_one_gpu_train_job_per_style(checkout):
+    out = dry_run(checkout, "--profile", "slurm")
+    assert "Using profile slurm" in out
+    train = [job for job in jobs(out) if job["rule"] == "train"]
+    assert sorted(job["wildcards"]["style"] for job in train) == sorted(STYLES)
+    for job in train:
+        res = job["resources"]
+        assert int(res["gpu"]) >= 1, job
+        assert int(res["mem_mb"]) > 0 and int(res["runtime"]) > 0 and int(res["cpus_per_task"]) >= 1, job
+        # no partition/account of our own: Slurm's defaults (or SBATCH_PARTITION/SBATCH_ACCOUNT, below)
+        assert "slurm_partition" not in res and "slurm_account" not in res, job
+    # the profile's fallbacks fill in what params.yaml leaves open (the report has no `resources.report`)
+    report = next(job for job in jobs(out) if job["rule"] == "report")
+    assert report["resources"]["runtime"]
+
+
+def test_slurm_profile_takes_partition_and_account_from_the_environment(checkout):
+    profile = yaml.safe_load((checkout / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["slurm-status-command"] == "squeue"
+    out = dry_run(checkout, "--profile", "slurm", env={"SBATCH_PARTITION": "gpu-long", "SBATCH_ACCOUNT": "styleproj"})
+    train = [job for job in jobs(out) if job["rule"] == "train"]
+    assert train and all(job["resources"]["slurm_partition"] == "gpu-long" for job in train)
+    assert all(job["resources"]["slurm_account"] == "styleproj" for job in train)
+
+
+def test_local_profile_plans_the_same_jobs(checkout):
+    slurm = sorted((j["rule"], j["wildcards"].get("style", "")) for j in jobs(dry_run(checkout, "--profile", "slurm")))
+    local = sorted((j["rule"], j["wildcards"].get("style", "")) for j in jobs(dry_run(checkout, "--profile", "profiles/local")))
+    assert local == slurm
