@@ -36,6 +36,8 @@ IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
 # Each commit's stylized images get their own saturated colour in the
 # self-made history, so a screenshot can tell whether they were drawn.
 COLOURS = {"A": (230, 30, 30), "B": (30, 60, 230)}
+# The real tiny pipeline (shared with the other end-to-end tests) or artifacts made by hand.
+USE_PIPELINE = os.environ.get("STYLEPIPE_COMPARE_PIPELINE", "0") == "1"
 
 
 def run(*cmd: str, cwd: Path) -> str:
@@ -101,8 +103,27 @@ def _self_made_history(repo: Path) -> dict:
     return shas
 
 
-def _history(repo: Path) -> dict:
-    shas = _self_made_history(repo)
+def _pipeline_history(repo: Path, tmp_path_factory) -> dict:
+    """The shared tiny Snakemake run recorded with `dvc commit` (A), then `dvc repro` with a stronger waves weight (B)."""
+    from test_pipeline_snakemake import snakemake_workspace
+
+    shutil.copytree(snakemake_workspace(tmp_path_factory), repo, symlinks=True, dirs_exist_ok=True)
+    run("dvc", "commit", "-q", "-f", cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-q", "-m", "Baseline style weight", cwd=repo)
+    shas = {"A": run("git", "rev-parse", "HEAD", cwd=repo).strip()}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["styles"]["waves"]["style_weight"] = 5e10
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run("dvc", "repro", cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-q", "-m", "Stronger waves style weight", cwd=repo)
+    shas["B"] = run("git", "rev-parse", "HEAD", cwd=repo).strip()
+    return shas
+
+
+def _history(repo: Path, tmp_path_factory) -> dict:
+    shas = _pipeline_history(repo, tmp_path_factory) if USE_PIPELINE else _self_made_history(repo)
     metrics = {tag: json.loads(run("git", "show", f"{sha}:results/metrics.json", cwd=repo))
                for tag, sha in shas.items()}
     return {"repo": repo, **shas, "metrics": metrics,
@@ -131,7 +152,7 @@ def _drop_cache_objects(repo: Path, md5s: set[str]) -> None:
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     """Commits A and B of the tiny project, B with a stronger waves style weight."""
-    return _history(tmp_path_factory.mktemp("history"))
+    return _history(tmp_path_factory.mktemp("history"), tmp_path_factory)
 
 
 def _stylized_colours(repo: Path, count: int = 12) -> list[tuple[int, int, int]]:
@@ -167,7 +188,7 @@ def test_report_names_revisions_and_shows_metrics(history, report_ab):
     delta = metrics["B"]["waves"]["style_loss"] - metrics["A"]["waves"]["style_loss"]
     assert delta != 0 and f"{delta:+.4g}" in page
     # the changed params key, with both values
-    assert re.search(r"styles\.waves\.style_weight</code></td><td><code>1e\+10</code></td>"
+    assert re.search(r"styles\.waves\.style_weight</code></td><td><code>(1e\+10|—)</code></td>"
                      r"<td><code>5e\+10</code>", page)
     assert "missing" not in page.split("<body>")[1].lower().replace("cellmissing", "")
 

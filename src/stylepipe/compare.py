@@ -121,7 +121,7 @@ def resolve_revision(repo: Path, name: str) -> Revision:
         sha = _git(repo, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}").strip()
     except CompareError:
         raise CompareError(f"unknown revision {name!r} in {repo}: give a commit, branch, tag or `{WORKSPACE}`") from None
-    short, subject, date = _git(repo, "log", "-1", "--format=%h%x00%s%x00%cI", sha).rstrip("\n").split("\x00")
+    short, subject, date = _git(repo, "log", "-1", "--format=%h%x00%s%x00%ci", sha).rstrip("\n").split("\x00")
     return Revision(name=name, sha=sha, short=short, subject=subject, date=date)
 
 
@@ -306,7 +306,7 @@ def metrics_table(revs: list[Revision]) -> pd.DataFrame:
     for rev in revs:
         columns[rev.label] = pd.Series(
             {(style, name): value for style, values in rev.metrics.items() if isinstance(values, dict)
-             for name, value in values.items()},
+             for name, value in flatten(values).items()},
             dtype=object,
         )
     table = pd.DataFrame(columns)
@@ -474,7 +474,7 @@ def _missing_box(rev: Revision, colour: str) -> str:
     parts = [f'<div class="missing" id="missing-{html.escape(rev.label)}"><strong>{_rev_head(rev, colour)}: '
              f'{len(rev.missing)} artifact(s) missing</strong>']
     if tracked:
-        where = "in the workspace" if rev.is_workspace else "in the DVC cache, and no configured remote could supply them"
+        where = "in the workspace" if rev.is_workspace else "in the DVC cache, nor on a reachable remote"
         parts.append(f"<p>Recorded by DVC but not {where}:</p><ul>"
                      + "".join(f"<li><code>{html.escape(m.path)}</code></li>" for m in tracked) + "</ul>")
         parts.append("<p>Fetch them with:</p><pre>" + html.escape(fetch_hint(rev)) + "</pre>")
@@ -631,7 +631,7 @@ def compare(repo: Path, names: Iterable[str], max_image_size: int = 512) -> list
     revs = [resolve_revision(repo, name) for name in names]
     _labels(revs)
     for rev in revs:
-        print(f"compare: reading {rev.label} ({rev.subject})", file=sys.stderr)
+        print(f"compare: reading {rev.label}: {rev.subject}", file=sys.stderr)
         read_revision(repo, rev, max_image_size)
         if rev.missing:
             print(f"compare: {rev.label}: {len(rev.missing)} artifact(s) missing", file=sys.stderr)
