@@ -320,3 +320,31 @@ def test_report_renders_in_headless_chromium(history, report_ab, tmp_path):
     expected_colours = _stylized_colours(history["repo"])
     seen = [colour for colour in expected_colours if colour in shown]
     assert len(seen) >= 0.75 * len(expected_colours), "the stylized images' colours are not in the screenshot"
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_default_revisions_and_params_flattening():
+    from stylepipe.compare import default_revisions, flatten
+
+    assert default_revisions([]) == ["HEAD", "workspace"]
+    assert default_revisions(["v1"]) == ["v1", "workspace"]
+    assert default_revisions(["v1", "v2", "v3"]) == ["v1", "v2", "v3"]
+    assert flatten({"train": {"lr": 1e-3, "layers": ["relu2_2"]}, "styles": {"candy": {}}}) == {
+        "train.lr": 1e-3, "train.layers": ["relu2_2"], "styles.candy": {}}
+
+
+def test_curves_spanning_decades_use_a_log_axis():
+    import pandas as pd
+
+    from stylepipe.compare import svg_chart
+
+    steep = pd.DataFrame({"step": [1, 2, 3], "style_loss": [1e6, 1e4, 1e2]})
+    flat = pd.DataFrame({"step": [1, 2, 3], "style_loss": [3.0, 2.0, 1.0]})
+    one = pd.DataFrame({"step": [5], "style_loss": [2.0]})
+    svg = svg_chart([("a", "#000", steep), ("b", "#111", flat)], "style_loss")
+    assert "(log y)" in svg and svg.count("<polyline") == 2 and ">1e+06<" in svg
+    assert "(log y)" not in svg_chart([("b", "#111", flat)], "style_loss")
+    assert "<circle" in svg_chart([("c", "#222", one)], "style_loss")
+    assert "no data" in svg_chart([("d", "#333", flat)], "content_loss")

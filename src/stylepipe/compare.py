@@ -497,6 +497,14 @@ def _img(data: bytes | None, alt: str, why: str = "missing") -> str:
     return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}" title="{html.escape(alt)}">'
 
 
+def _why_absent(rev: Revision, style: str, image: str) -> str:
+    if style not in rev.styles:
+        return f"no style {style} in this revision"
+    if image not in rev.image_names:
+        return f"no evaluation image {image} in this revision"
+    return "missing"
+
+
 def render_html(revs: list[Revision]) -> str:
     colours = {rev.label: PALETTE[i % len(PALETTE)] for i, rev in enumerate(revs)}
     styles, images = _styles(revs), _images(revs)
@@ -570,8 +578,9 @@ def render_html(revs: list[Revision]) -> str:
                    + "".join(f"<th>{_rev_head(r, colours[r.label])}</th>" for r in revs) + "</tr>")
         for image in images:
             content = next((r.content[image] for r in revs if image in r.content), None)
-            cells = "".join(f"<td>{_img(r.images.get((style, image)), f'{style} / {image} @ {r.label}')}</td>"
-                            for r in revs)
+            cells = "".join(
+                f"<td>{_img(r.images.get((style, image)), f'{style} / {image} @ {r.label}', _why_absent(r, style, image))}</td>"
+                for r in revs)
             out.append(f"<tr><th>{html.escape(image)}</th><td>{_img(content, f'{image} (content)')}</td>{cells}</tr>")
         out.append("</table>")
     out.append("</body></html>\n")
