@@ -6,7 +6,7 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from stylepipe.config import ParamsError, style_names, style_resources, validate
+from stylepipe.config import ParamsError, style_names, style_resources, train_params, validate
 
 # The params files in merge order, passed to every command as --params.
 PARAMS_FILES = [str(path) for path in workflow.configfiles]
@@ -68,5 +68,47 @@ def resource(step, name):
     def value(wildcards):
         style = getattr(wildcards, "style", None)
         return style_resources(config, style, step).get(name, DEFAULT_RESOURCES[name])
+
+    return value
+
+
+
+def on_slurm():
+    """Whether jobs run through the Slurm executor (on the submitting host or in the job)."""
+    plugin = workflow.executor_plugin
+    return plugin is not None and plugin.cli_prefix.startswith("slurm")
+
+
+def train_layout(name):
+    """A style's training on Slurm: one task per device and node (docs/slurm.md).
+
+    Lightning under Slurm wants ntasks-per-node == devices, each process
+    started by `srun`; `train.devices` and `train.num_nodes` (overridable per
+    style) decide. For one process, and outside Slurm (where Lightning starts
+    its processes itself), the launcher (`mpi`) is empty.
+    """
+
+    def value(wildcards):
+        tp = train_params(config, wildcards.style)
+        per_node = tp["devices"] if isinstance(tp["devices"], int) else 1
+        nodes = tp["num_nodes"]
+        multi = per_node * nodes > 1
+        gpu = resource("train", "gpu")(wildcards)
+        layout = {"gpu": gpu, "gres": None, "nodes": None, "tasks_per_node": None, "tasks": None,
+                  "tasks_per_gpu": None, "mpi": ""}
+        if multi:
+            layout["nodes"] = nodes
+            if per_node > 1:
+                layout["tasks_per_node"] = per_node
+            else:
+                layout["tasks"] = nodes
+            if gpu:
+                # every process of a node sees all of the node's GPUs (Lightning picks by local rank)
+                layout["gpu"], layout["gres"] = None, f"gpu:{per_node}"
+                layout["tasks_per_gpu"] = 1 if per_node == 1 else None
+            if on_slurm():
+                cpus = resource("train", "cpus_per_task")(wildcards)
+                layout["mpi"] = f"srun --nodes={nodes} --ntasks-per-node={per_node} --cpus-per-task={cpus}"
+        return layout[name]
 
     return value

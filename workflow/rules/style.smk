@@ -21,12 +21,19 @@ rule train:
         # resume checkpoints and TensorBoard runs: not an output, so a rerun keeps them
         scratch="scratch/train/{style}",
     resources:
-        gpu=resource("train", "gpu"),
+        gpu=train_layout("gpu"),
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
         cpus_per_task=resource("train", "cpus_per_task"),
+        # several processes (train.devices x train.num_nodes): Slurm tasks started by srun
+        gres=train_layout("gres"),
+        nodes=train_layout("nodes"),
+        tasks_per_node=train_layout("tasks_per_node"),
+        tasks=train_layout("tasks"),
+        tasks_per_gpu=train_layout("tasks_per_gpu"),
+        mpi=train_layout("mpi"),
     shell:
-        "stylepipe train --params {params.files:q} --style {wildcards.style} --data {input.data}"
+        "{resources.mpi} stylepipe train --params {params.files:q} --style {wildcards.style} --data {input.data}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
         " --summary {output.summary} --curves {output.curves} --scratch {params.scratch}"
