@@ -62,6 +62,8 @@ rule resize:
         tracked=tracked("resize"),
         size=config["train"]["image_size"],
         workers=config["data"]["resize_workers"],
+    # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
+    threads: resource("resize", "cpus_per_task")
     resources:
         mem_mb=resource("resize", "mem_mb"),
         runtime=resource("resize", "runtime"),

@@ -20,6 +20,8 @@ rule train:
         files=PARAMS_FILES,
         # resume checkpoints and TensorBoard runs: not an output, so a rerun keeps them
         scratch="scratch/train/{style}",
+    # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
+    threads: resource("train", "cpus_per_task")
     resources:
         gpu=train_layout("gpu"),
         mem_mb=resource("train", "mem_mb"),
@@ -58,6 +60,8 @@ rule stylize:
         tracked=tracked("stylize"),
         max_size=config["stylize"]["max_size"],
         batch_size=config["stylize"]["batch_size"],
+    # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
+    threads: resource("stylize", "cpus_per_task")
     resources:
         gpu=resource("stylize", "gpu"),
         mem_mb=resource("stylize", "mem_mb"),
@@ -89,6 +93,8 @@ rule evaluate:
     params:
         tracked=tracked("evaluate"),
         files=PARAMS_FILES,
+    # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
+    threads: resource("evaluate", "cpus_per_task")
     resources:
         gpu=resource("evaluate", "gpu"),
         mem_mb=resource("evaluate", "mem_mb"),
