@@ -1,0 +1,139 @@
+"""stylepipe fetch: every offline source kind, into a temporary folder."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from stylepipe.cli import main as cli
+from stylepipe.data.resize import resize_folder
+
+from conftest import tiny_params_dict
+
+
+def _params(tmp_path: Path, **data) -> Path:
+    params = tiny_params_dict()
+    params["data"].update(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _fetch(*args: str) -> int:
+    return cli(["fetch", *args])
+
+
+def test_content_skimage_eval_and_generated_styles(tiny_params_file, tmp_path):
+    p = str(tiny_params_file)
+    dl = ["--downloads", str(tmp_path / "dl")]
+    assert _fetch("content", "--params", p, "--output", str(tmp_path / "content"), *dl) == 0
+    names = yaml.safe_load(tiny_params_file.read_text())["data"]["content"]["skimage"]
+    assert sorted(f.stem for f in (tmp_path / "content").iterdir()) == sorted(names)
+
+    assert _fetch("eval", "--params", p, "--output", str(tmp_path / "eval"), *dl) == 0
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        with Image.open(tmp_path / "eval" / f"{name}.png") as im:
+            assert im.format == "PNG" and im.mode == "RGB"
+
+    for style in ("waves", "mosaic"):
+        out = tmp_path / "styles" / f"{style}.png"
+        assert _fetch("style", "--params", p, "--style", style, "--output", str(out), *dl) == 0
+        with Image.open(out) as im:
+            assert im.mode == "RGB" and im.size == (512, 512)
+    assert (tmp_path / "styles" / "waves.png").read_bytes() != (tmp_path / "styles" / "mosaic.png").read_bytes()
+    assert not (tmp_path / "dl").exists()  # nothing was downloaded
+
+    # what resize finds in the fetched content
+    manifest = resize_folder(tmp_path / "content", tmp_path / "resized", 16, progress=False)
+    assert manifest["count"] == len(names) and manifest["skipped"] == []
+
+
+def test_loss_network_random_has_torchvision_keys(tiny_params_file, tmp_path):
+    out = tmp_path / "models" / "vgg16_features.pth"
+    assert _fetch("loss-network", "--params", str(tiny_params_file), "--output", str(out)) == 0
+    state = torch.load(out, weights_only=True)
+    assert sorted({int(k.split(".")[1]) for k in state}) == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
+    assert all(k.startswith("features.") and k.endswith((".weight", ".bias")) for k in state)
+    assert state["features.21.weight"].shape == (512, 512, 3, 3)
+
+
+def test_loss_network_imagenet_keeps_only_features_below_23(tmp_path):
+    # a stand-in for torchvision's 528 MB file: the same key names, tiny tensors
+    full_state = {f"features.{i}.{p}": torch.full((2,), float(i)) for i in (0, 2, 21, 24, 28) for p in ("weight", "bias")}
+    full_state["classifier.0.weight"] = torch.zeros(3, 3)
+    full = tmp_path / "vgg16-full.pth"
+    torch.save(full_state, full)
+    digest = hashlib.sha256(full.read_bytes()).hexdigest()
+    params = tiny_params_dict()
+    params["loss_network"] = {"weights": "imagenet", "url": full.as_uri(), "sha256": digest[:8]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "features.pth"
+    assert _fetch("loss-network", "--params", str(tmp_path / "p.yaml"), "--output", str(out),
+                  "--downloads", str(tmp_path / "dl")) == 0
+    state = torch.load(out, weights_only=True)
+    assert sorted(state) == sorted(f"features.{i}.{p}" for i in (0, 2, 21) for p in ("weight", "bias"))
+    assert torch.equal(state["features.21.bias"], full_state["features.21.bias"])
+    assert (tmp_path / "dl" / "vgg16-full.pth").is_file()  # cached for the next run
+
+    params["loss_network"]["sha256"] = "deadbeef"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dl" / "vgg16-full.pth").unlink()
+    assert _fetch("loss-network", "--params", str(tmp_path / "p.yaml"), "--output", str(tmp_path / "bad.pth"),
+                  "--downloads", str(tmp_path / "dl")) == 1
+    assert not (tmp_path / "bad.pth").exists()
+
+
+def test_content_zip_url_and_folder_sources(tmp_path):
+    photos = tmp_path / "photos" / "train2014"
+    photos.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (20, 20), (i * 80, 0, 0)).save(photos / f"{i}.jpg")
+    archive = tmp_path / "train.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(photos.iterdir()):
+            zf.write(f, f"train2014/{f.name}")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+
+    url_params = _params(tmp_path, content={"url": archive.as_uri(), "md5": md5})
+    assert _fetch("content", "--params", str(url_params), "--output", str(tmp_path / "c1"),
+                  "--downloads", str(tmp_path / "dl")) == 0
+    assert sorted(p.name for p in (tmp_path / "c1" / "train2014").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
+
+    folder_params = _params(tmp_path, content={"folder": str(tmp_path / "photos")})
+    assert _fetch("content", "--params", str(folder_params), "--output", str(tmp_path / "c2")) == 0
+    assert (tmp_path / "c2" / "train2014" / "1.jpg").read_bytes() == (photos / "1.jpg").read_bytes()
+
+
+def test_eval_from_file_and_url_with_checksum(tmp_path, capsys):
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((10, 14, 3), 200, np.uint8)).save(src)
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    eval_items = [{"name": "local", "file": str(src)}, {"name": "remote", "url": src.as_uri(), "sha256": good}]
+    p = _params(tmp_path, eval=eval_items)
+    assert _fetch("eval", "--params", str(p), "--output", str(tmp_path / "eval"),
+                  "--downloads", str(tmp_path / "dl")) == 0
+    assert sorted(f.name for f in (tmp_path / "eval").iterdir()) == ["local.png", "remote.png"]
+
+    eval_items[1]["sha256"] = "0" * 16
+    (tmp_path / "dl" / "photo.jpg").unlink()
+    p = _params(tmp_path, eval=eval_items)
+    assert _fetch("eval", "--params", str(p), "--output", str(tmp_path / "eval2"),
+                  "--downloads", str(tmp_path / "dl")) == 1
+    err = capsys.readouterr().err
+    assert "data.eval[1] (remote)" in err and "mismatch" in err
+    assert not (tmp_path / "eval2").exists()
+
+
+def test_unknown_skimage_sample_lists_the_bundled_ones(tmp_path, capsys):
+    p = _params(tmp_path, content={"skimage": ["astronaut", "no_such_sample"]})
+    assert _fetch("content", "--params", str(p), "--output", str(tmp_path / "c")) == 1
+    err = capsys.readouterr().err
+    assert "no_such_sample" in err and "astronaut" in err and "data.content.skimage" in err
+    assert not (tmp_path / "c").exists()
