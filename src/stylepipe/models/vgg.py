@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-from torchvision.models import vgg16
+from torchvision.models.vgg import cfgs, make_layers
 
 # index of each ReLU inside torchvision's vgg16().features
 LAYER_INDICES = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
@@ -30,7 +30,13 @@ FETCH_HINT = (
 
 
 def _features() -> nn.Sequential:
-    return vgg16(weights=None).features[:NUM_FEATURES]
+    """``vgg16().features[:23]`` without building (and initialising) the 120 M-parameter classifier."""
+    features = make_layers(cfgs["D"], batch_norm=False)[:NUM_FEATURES]
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(module.bias, 0)
+    return features
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,206 @@
+"""TransformerNet and the VGG16 loss network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+from stylepipe.export import check_onnx, export_onnx
+from stylepipe.models.transformer import TransformerNet, load_transformer
+from stylepipe.models.vgg import LAYER_INDICES, LossNetwork, random_state_dict
+
+
+# --- an independent copy of pytorch/examples fast_neural_style/neural_style/transformer_net.py
+class RefConvLayer(nn.Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride):
+        super().__init__()
+        self.reflection_pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x):
+        return self.conv2d(self.reflection_pad(x))
+
+
+class RefResidualBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = RefConvLayer(channels, channels, kernel_size=3, stride=1)
+        self.in1 = nn.InstanceNorm2d(channels, affine=True)
+        self.conv2 = RefConvLayer(channels, channels, kernel_size=3, stride=1)
+        self.in2 = nn.InstanceNorm2d(channels, affine=True)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        residual = x
+        out = self.relu(self.in1(self.conv1(x)))
+        out = self.in2(self.conv2(out))
+        return out + residual
+
+
+class RefUpsampleConvLayer(nn.Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride, upsample=None):
+        super().__init__()
+        self.upsample = upsample
+        self.reflection_pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x):
+        if self.upsample:
+            x = nn.functional.interpolate(x, mode="nearest", scale_factor=self.upsample)
+        return self.conv2d(self.reflection_pad(x))
+
+
+class RefTransformerNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = RefConvLayer(3, 32, kernel_size=9, stride=1)
+        self.in1 = nn.InstanceNorm2d(32, affine=True)
+        self.conv2 = RefConvLayer(32, 64, kernel_size=3, stride=2)
+        self.in2 = nn.InstanceNorm2d(64, affine=True)
+        self.conv3 = RefConvLayer(64, 128, kernel_size=3, stride=2)
+        self.in3 = nn.InstanceNorm2d(128, affine=True)
+        self.res1 = RefResidualBlock(128)
+        self.res2 = RefResidualBlock(128)
+        self.res3 = RefResidualBlock(128)
+        self.res4 = RefResidualBlock(128)
+        self.res5 = RefResidualBlock(128)
+        self.deconv1 = RefUpsampleConvLayer(128, 64, kernel_size=3, stride=1, upsample=2)
+        self.in4 = nn.InstanceNorm2d(64, affine=True)
+        self.deconv2 = RefUpsampleConvLayer(64, 32, kernel_size=3, stride=1, upsample=2)
+        self.in5 = nn.InstanceNorm2d(32, affine=True)
+        self.deconv3 = RefConvLayer(32, 3, kernel_size=9, stride=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, X):
+        y = self.relu(self.in1(self.conv1(X)))
+        y = self.relu(self.in2(self.conv2(y)))
+        y = self.relu(self.in3(self.conv3(y)))
+        y = self.res1(y)
+        y = self.res2(y)
+        y = self.res3(y)
+        y = self.res4(y)
+        y = self.res5(y)
+        y = self.relu(self.in4(self.deconv1(y)))
+        y = self.relu(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+
+def _seeded_net(seed: int = 0) -> TransformerNet:
+    torch.manual_seed(seed)
+    return TransformerNet().eval()
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 47), (29, 30), (5, 7), (1, 2)])
+def test_output_keeps_input_size(size):
+    x = torch.rand(2, 3, *size) * 255
+    with torch.no_grad():
+        y = _seeded_net()(x)
+    assert y.shape == x.shape
+
+
+def test_our_weights_load_into_pytorch_examples_net():
+    ours = _seeded_net()
+    ref = RefTransformerNet().eval()
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.rand(1, 3, 40, 36) * 255  # multiple of 4: the reference net keeps the size only then
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_pytorch_examples_weights_with_legacy_keys_load(tmp_path):
+    torch.manual_seed(1)
+    ref = RefTransformerNet().eval()
+    state = ref.state_dict()
+    # what the published .pth files hold: InstanceNorm buffers of PyTorch < 0.4
+    for name in ["in1", "in2", "in3", "in4", "in5", "res1.in1", "res3.in2"]:
+        channels = state[f"{name}.weight"].shape[0]
+        state[f"{name}.running_mean"] = torch.zeros(channels)
+        state[f"{name}.running_var"] = torch.ones(channels)
+    state["in1.num_batches_tracked"] = torch.tensor(0)
+    path = tmp_path / "candy.pth"
+    torch.save(state, path)
+    with pytest.raises(RuntimeError):
+        TransformerNet().load_state_dict(state, strict=True)  # the keys really are unexpected
+    net = load_transformer(path)
+    x = torch.rand(1, 3, 32, 44) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ref(x))
+
+
+def test_missing_model_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        load_transformer(tmp_path / "nothere.pth")
+
+
+def test_onnx_export_matches_pytorch_with_onnxruntime(tmp_path):
+    import onnxruntime as ort
+
+    net = _seeded_net(3)
+    path = tmp_path / "model.onnx"
+    export_onnx(net, path)  # verifies itself; check again here at other sizes and batch sizes
+    assert check_onnx(net, path, size=(36, 60)) < 0.05
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, 24, 16) * 255
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), net(x), atol=0.05, rtol=1e-4)
+
+
+def test_random_state_dict_is_seeded_with_torchvision_keys():
+    a, b, c = random_state_dict(7), random_state_dict(7), random_state_dict(8)
+    expected = {f"features.{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21) for p in ("weight", "bias")}
+    assert set(a) == expected
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["features.0.weight"], c["features.0.weight"])
+    state = torch.random.get_rng_state()
+    random_state_dict(7)
+    assert torch.equal(state, torch.random.get_rng_state()), "must not disturb the global RNG"
+
+
+def test_loss_network_matches_torchvision_features(tmp_path):
+    state = random_state_dict(3)
+    full = dict(state)
+    full["features.24.weight"] = torch.zeros(1)  # beyond relu4_3: ignored
+    full["classifier.0.weight"] = torch.zeros(2, 2)  # a full torchvision file: ignored
+    path = tmp_path / "vgg16.pth"
+    torch.save(full, path)
+    net = LossNetwork.from_file(path, ["relu4_3", "relu1_2", "relu2_2", "relu3_3"])
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    net.train()
+    assert not net.training, "the loss network stays in eval mode"
+
+    features = make_layers(cfgs["D"])[:23]  # the layer list torchvision's vgg16() is built from
+    features.load_state_dict({k[len("features."):]: v for k, v in state.items()})
+    x = torch.rand(2, 3, 32, 32) * 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h = (x / 255.0 - mean) / std  # pytorch/examples utils.normalize_batch
+    expected = {}
+    for i, layer in enumerate(features):
+        h = layer(h)
+        for name, index in LAYER_INDICES.items():
+            if index == i:
+                expected[name] = h
+    with torch.no_grad():
+        got = net(x)
+    assert list(got) == ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_missing_loss_network_file_says_how_to_fetch_it(tmp_path):
+    path = tmp_path / "data" / "models" / "vgg16_features.pth"
+    with pytest.raises(FileNotFoundError) as info:
+        LossNetwork.from_file(path, ["relu2_2"])
+    message = str(info.value)
+    assert str(path) in message
+    assert "stylepipe fetch loss-network" in message and "snakemake" in message
+
+
+def test_wrong_loss_network_file_is_named(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="other.pth"):
+        LossNetwork.from_file(path, ["relu2_2"])
