@@ -106,13 +106,13 @@ def resize_file(path: str | Path, size: int, *, max_pixels: int | None = None) -
     image = open_image(path, max_pixels=max_pixels)
     try:
         short = min(image.size)
-        if image.format == "JPEG" and image.mode in ("RGB", "L"):
-            decoder = _jpeg_decoder()
-            if short < 4 * size and decoder is not None:
+        if image.format == "JPEG":
+            if short >= 4 * size:
+                # DCT-domain downscale by 2, 4 or 8; keeps the short side >= 2 * size
+                image.draft(None, (2 * size, 2 * size))
+            elif image.mode in ("RGB", "L") and (decoder := _jpeg_decoder()) is not None:
                 image.close()
                 return _crop_resize(_decode_jpeg_tensor(path, decoder), size)
-            # DCT-domain downscale; draft keeps the short side >= 2 * size
-            image.draft("RGB", (2 * size, 2 * size))
         decode(image, path)
         rgb = np.asarray(to_rgb(upright(image)))
     finally:
