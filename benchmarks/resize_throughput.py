@@ -4,8 +4,9 @@ Images: generated COCO-like JPEGs (640x480, quality 90, photo-like content)
 in a temporary folder. Reference: what most training scripts do per image
 (open, convert to RGB, antialiased bilinear resize of the short side to N,
 centre crop), as torchvision's Resize + CenterCrop in pytorch/examples does.
-Both run in this one process (images/s per core); then the 1-worker vs
-2-worker scaling of the real command.
+Both run in this one process with one torch thread and are timed in CPU
+seconds (images/s per core); then the 1-worker vs 2-worker scaling of the
+real command in wall-clock time.
 
     python benchmarks/resize_throughput.py
 """
@@ -54,15 +55,15 @@ def naive(path: Path, size: int) -> np.ndarray:
 
 
 def rates(fns, paths: list[Path], repeats: int = 3) -> list[float]:
-    """Best-of-N images/s of each function, runs interleaved so that load from
-    other processes on a shared machine hits both sides alike."""
+    """Best-of-N images per CPU-second of each function (process CPU time, so
+    other processes on a shared machine do not count), runs interleaved."""
     best = [0.0] * len(fns)
     for _ in range(repeats):
         for k, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = time.process_time()
             for p in paths:
                 fn(p, SIZE)
-            best[k] = max(best[k], len(paths) / (time.perf_counter() - start))
+            best[k] = max(best[k], len(paths) / (time.process_time() - start))
     return best
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     print(f"reference naive Pillow (open, RGB, bilinear resize, crop): {ref:,.0f} images/s per core")
     print(f"stylepipe resize_file:                                    {ours:,.0f} images/s per core")
     print(
-        f"stylepipe resize command (incl. shard writing, pool start): 1 worker {timings[1]:,.0f} images/s, "
+        f"stylepipe resize command, wall clock (incl. shard writing, pool start): 1 worker {timings[1]:,.0f} images/s, "
         f"2 workers {timings[2]:,.0f} images/s, scaling {timings[2] / timings[1]:.2f}x; outputs identical: {same}"
     )
     print(f"speedup_vs_reference: {ours / ref:.2f}")
