@@ -125,6 +125,17 @@ def test_existing_verified_file_is_reused(server, tmp_path):
     assert Handler.requests == []
 
 
+def test_cache_path_mirrors_the_url():
+    from stylepipe.data.download import cache_path
+
+    assert cache_path("http://images.cocodataset.org/zips/train2014.zip", "dl") == Path(
+        "dl/images.cocodataset.org/zips/train2014.zip")
+    a = cache_path("https://h.org/a/image.jpg?x=1", "dl")
+    assert a != cache_path("https://h.org/a/image.jpg?x=2", "dl") and a.parent == Path("dl/h.org/a")
+    assert cache_path("https://h.org/../../etc/passwd", "dl") == Path("dl/h.org/etc/passwd")
+    assert cache_path("file:///data/x.pth", "dl") == Path("dl/local/data/x.pth")
+
+
 def test_file_url(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(PAYLOAD)

@@ -80,11 +80,12 @@ def test_loss_network_imagenet_keeps_only_features_below_23(tmp_path):
     state = torch.load(out, weights_only=True)
     assert sorted(state) == sorted(f"features.{i}.{p}" for i in (0, 2, 21) for p in ("weight", "bias"))
     assert torch.equal(state["features.21.bias"], full_state["features.21.bias"])
-    assert (tmp_path / "dl" / "vgg16-full.pth").is_file()  # cached for the next run
+    cached = tmp_path / "dl" / "local" / full.relative_to("/")
+    assert cached.is_file()  # cached for the next run
 
     params["loss_network"]["sha256"] = "deadbeef"
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "dl" / "vgg16-full.pth").unlink()
+    cached.unlink()
     assert _fetch("loss-network", "--params", str(tmp_path / "p.yaml"), "--output", str(tmp_path / "bad.pth"),
                   "--downloads", str(tmp_path / "dl")) == 1
     assert not (tmp_path / "bad.pth").exists()
@@ -122,7 +123,7 @@ def test_eval_from_file_and_url_with_checksum(tmp_path, capsys):
     assert sorted(f.name for f in (tmp_path / "eval").iterdir()) == ["local.png", "remote.png"]
 
     eval_items[1]["sha256"] = "0" * 16
-    (tmp_path / "dl" / "photo.jpg").unlink()
+    (tmp_path / "dl" / "local" / src.relative_to("/")).unlink()
     p = _params(tmp_path, eval=eval_items)
     assert _fetch("eval", "--params", str(p), "--output", str(tmp_path / "eval2"),
                   "--downloads", str(tmp_path / "dl")) == 1

@@ -62,9 +62,19 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 def cache_path(url: str, cache: str | Path = DOWNLOAD_CACHE) -> Path:
-    """Where a URL's file is kept across runs (the last path component of the URL)."""
-    name = Path(urllib.parse.urlparse(url).path).name or "download"
-    return Path(cache) / name
+    """Where a URL's file is kept across runs: ``cache/<host>/<path of the URL>``.
+
+    Mirroring the URL keeps two files with the same name apart (no silent mix-up)
+    and lets an offline machine be seeded by hand (``file://`` URLs use ``local/``).
+    """
+    parsed = urllib.parse.urlparse(url)
+    parts = [p for p in urllib.parse.unquote(parsed.path).split("/") if p not in ("", ".", "..")]
+    if not parts:
+        parts = ["download"]
+    if parsed.query:  # same path, other query: another file
+        parts[-1] += "-" + hashlib.sha256(parsed.query.encode()).hexdigest()[:8]
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", parsed.netloc) or "local"
+    return Path(cache, host, *parts)
 
 
 def _checksum(md5: str | None, sha256: str | None) -> tuple[str, str] | None:
@@ -158,7 +168,7 @@ def download(
     """Download ``url`` to ``output`` (resume, retry, verify, atomic rename).
 
     With ``extract=True``, ``output`` is a folder: the archive is downloaded to
-    ``archive`` (default ``scratch/downloads/<name from the URL>``) and
+    ``archive`` (default ``scratch/downloads/<host>/<URL path>``) and
     unpacked into ``output`` atomically. An existing verified file is reused.
     """
     output = Path(output)
@@ -227,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extract", action="store_true", help="unpack the zip/tar archive into the folder --output")
     parser.add_argument(
         "--archive", type=Path, default=None,
-        help="with --extract: where to keep the downloaded archive (default scratch/downloads/<name>)",
+        help="with --extract: where to keep the downloaded archive (default scratch/downloads/<host>/<path>)",
     )
     parser.add_argument("--retries", type=int, default=5, help="retries after a dropped connection (default 5)")
 

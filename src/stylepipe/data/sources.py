@@ -100,7 +100,11 @@ def _image_from_source(source: Mapping, key: str, downloads: Path, seed: int) ->
             path = download(
                 source["url"], cache_path(source["url"], downloads), md5=source.get("md5"), sha256=source.get("sha256")
             )
-            return load_rgb(path)
+            try:
+                return load_rgb(path)
+            except ImageError:
+                path.unlink()  # e.g. an HTML page served in place of the image: fetch again next time
+                raise
         if "file" in source:
             if not Path(source["file"]).is_file():
                 raise SourceError(f"key {key}.file: {source['file']} does not exist")
