@@ -43,13 +43,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         start = 0
         if honour_range and self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        drop = self.path.startswith(("/drop", "/norange")) and self.path not in Handler.dropped
+        drop = self.path.startswith("/always-drop") or (
+            self.path.startswith(("/drop", "/norange")) and self.path not in Handler.dropped
+        )
         if drop:
             Handler.dropped.add(self.path)
             self.wfile.write(body[start : start + len(body) // 3])
@@ -99,6 +107,25 @@ def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
     (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:1000])
     download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
     assert Handler.requests == [("/ok/data.bin", "bytes=1000-")]
+    assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+
+
+def test_giving_up_keeps_the_part_for_the_next_run(server, tmp_path):
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download(f"{server}/always-drop/data.bin", tmp_path / "data.bin", sha256=SHA256, retries=1,
+                 backoff=0.01, progress=False)
+    assert not (tmp_path / "data.bin").exists()
+    kept = (tmp_path / "data.bin.part").stat().st_size
+    assert 0 < kept < len(PAYLOAD)
+    download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert Handler.requests[-1] == ("/ok/data.bin", f"bytes={kept}-")
+    assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+
+
+def test_complete_part_is_verified_not_refetched(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD)  # stopped between download and rename
+    download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert Handler.requests == [("/ok/data.bin", f"bytes={len(PAYLOAD)}-")]
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
 
 

@@ -121,9 +121,11 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
         response = _open(url, offset, timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
-            # our .part is as long as (or longer than) the file: start over to be sure
+            total = (err.headers.get("Content-Range") or "").rpartition("/")[2]
             err.close()
-            part.unlink()
+            if total.isdigit() and int(total) == offset:
+                return  # the .part is already complete (stopped before verification)
+            part.unlink()  # longer than the file: start over
             raise _Incomplete("range not satisfiable; restarting") from err
         raise
     with response:
