@@ -85,3 +85,9 @@ def test_missing_manifest_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="stylepipe resize"):
         ShardReader(tmp_path)
     assert not (tmp_path / MANIFEST).exists()
+
+
+def test_shard_not_matching_manifest_is_a_clear_error(shard_dir):
+    np.save(shard_dir / "shard-00002.npy", np.zeros((2, 3, 8, 8), np.uint8))  # manifest says 1 image
+    with pytest.raises(ValueError, match="shard-00002.npy.*re-run `stylepipe resize`"):
+        ShardReader(shard_dir)[0]
