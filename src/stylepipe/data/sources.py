@@ -201,8 +201,9 @@ def fetch_loss_network(params: Mapping, output: Path, downloads: Path = DOWNLOAD
         state = {k: v for k, v in full.items() if _is_loss_layer(k)}
         if not state:
             raise SourceError(f"key loss_network.url: {path} holds no `features.N.*` keys: not a torchvision VGG16")
-    with atomic_path(output) as tmp:
-        torch.save(state, tmp)
+    # through a file object: torch.save names the zip's folder after a path (here the random temp name)
+    with atomic_path(output) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
     return output
 
 
