@@ -229,11 +229,22 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"stylepipe train: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tp = train_params(params, args.style)
     seed = int(params["seed"])
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
+    # the loss network is in eval mode on purpose; the DataModule restores the sampler position itself
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -273,7 +284,8 @@ def main(args: argparse.Namespace) -> int:
     Preemption, Curves = _callbacks()
     preemption, curves = Preemption(args.scratch / "last.ckpt"), Curves(tp["log_every_n_steps"])
     loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
-    trainer = build_trainer(tp, args.scratch, [preemption, curves], loggers)
+    # curves first: a preempted step is recorded before the checkpoint is written
+    trainer = build_trainer(tp, args.scratch, [curves, preemption], loggers)
 
     resume = find_resume_checkpoint(args.scratch, fp)
     if resume is None and trainer.is_global_zero:
@@ -297,8 +309,9 @@ def main(args: argparse.Namespace) -> int:
     transformer = module.transformer
     transformer = getattr(transformer, "_orig_mod", transformer)
     net = _plain_copy(transformer)
-    with atomic_path(args.model) as tmp:
-        torch.save(net.state_dict(), tmp)
+    # through a file object: torch.save names the zip's folder after a path (here the random temp name)
+    with atomic_path(args.model) as tmp, open(tmp, "wb") as f:
+        torch.save(net.state_dict(), f)
     if args.onnx:
         from stylepipe.export import export_onnx
 

@@ -1,0 +1,201 @@
+"""`stylepipe train`: real Lightning runs on tiny data, reproducibility and resume after a signal."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import tiny_params_dict
+from stylepipe import cli
+from stylepipe.datamodule import ResumableSampler
+from stylepipe.export import check_onnx
+from stylepipe.models.transformer import TransformerNet, load_transformer
+from stylepipe.models.vgg import random_state_dict
+
+STYLEPIPE = Path(sys.executable).with_name("stylepipe")
+SAMPLES = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+           "retina", "camera", "coins", "horse"]
+MAX_STEPS = 8  # 8 training images, batch 2: 4 batches an epoch, so runs cross an epoch boundary
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("train")
+    content = root / "content"
+    content.mkdir()
+    for name in SAMPLES:
+        image = getattr(skimage.data, name)()
+        if image.dtype == bool:
+            image = image.astype(np.uint8) * 255
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        Image.fromarray(image[..., :3]).resize((64, 48)).save(content / f"{name}.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 70, 3), dtype=np.uint8)).save(root / "style.png")
+    params = tiny_params_dict()
+    torch.save(random_state_dict(params["seed"]), root / "vgg16_features.pth")
+    params["train"].update(max_steps=MAX_STEPS, checkpoint_every_n_steps=2, val_check_interval=3, log_every_n_steps=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def command(root: Path, run: str) -> list[str]:
+    out = root / run
+    return [
+        str(STYLEPIPE), "train", "--params", str(root / "params.yaml"), "--style", "waves",
+        "--data", str(root / "content"), "--style-image", str(root / "style.png"),
+        "--loss-network", str(root / "vgg16_features.pth"), "--model", str(out / "waves.pth"),
+        "--onnx", str(out / "waves.onnx"), "--checkpoint", str(out / "waves.ckpt"),
+        "--summary", str(out / "summary.json"), "--curves", str(out / "curves.csv"),
+        "--scratch", str(out / "scratch"),
+    ]
+
+
+def train(root: Path, run: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(root, run), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def train_interrupted(root: Path, run: str, signum: int) -> subprocess.CompletedProcess:
+    """Start a run, send ``signum`` once its first checkpoint exists, let it stop; return that process."""
+    scratch = root / run / "scratch"
+    proc = subprocess.Popen(command(root, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (scratch / "last.ckpt").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"weights differ in {different[:5]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    train(setup, "a")
+    return setup / "a"
+
+
+def test_outputs(uninterrupted):
+    out = uninterrupted
+    net = load_transformer(out / "waves.pth")
+    ref = TransformerNet()
+    ref.load_state_dict(weights(out / "waves.pth"), strict=True)  # a plain TransformerNet state_dict
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in weights(out / "waves.pth").values())
+    assert check_onnx(net, out / "waves.onnx") < 0.05  # ONNX parity with onnxruntime
+
+    ckpt = torch.load(out / "waves.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == MAX_STEPS
+    assert ckpt["hyper_parameters"]["style_weight"] == 1e10
+
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == MAX_STEPS and summary["images_seen"] == MAX_STEPS * 2
+    assert summary["style"] == "waves" and summary["precision"] == "32-true" and summary["device"] == "cpu"
+    assert summary["epochs"] == pytest.approx(MAX_STEPS * 2 / 8)
+    assert summary["wall_time_s"] > 0 and summary["images_per_s"] > 0
+    assert set(summary["train_losses"]) == {"content_loss", "style_loss", "tv_loss", "total_loss"}
+    assert set(summary["val_losses"]) == {"content_loss", "style_loss", "tv_loss", "total_loss"}
+
+    with (out / "curves.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
+    assert [int(r["step"]) for r in rows] == list(range(2, MAX_STEPS + 1, 2))
+    assert all(float(r["total_loss"]) > 0 and float(r["lr"]) == 1e-3 for r in rows)
+    assert list((out / "scratch" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_same_seed_same_weights(setup, uninterrupted):
+    train(setup, "b")
+    assert_identical(uninterrupted / "waves.pth", setup / "b" / "waves.pth")
+
+
+def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
+    stopped = train_interrupted(setup, "c", signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert "Run the same command again to resume" in stopped.stderr
+    assert not (setup / "c" / "waves.pth").exists()
+    step = torch.load(setup / "c" / "scratch" / "last.ckpt", weights_only=False)["global_step"]
+    assert 2 <= step < MAX_STEPS
+
+    resumed = train(setup, "c")
+    assert "resuming from" in resumed.stderr
+    assert_identical(uninterrupted / "waves.pth", setup / "c" / "waves.pth")
+    assert (setup / "c" / "curves.csv").read_text() == (uninterrupted / "curves.csv").read_text()
+
+
+@pytest.mark.slow
+def test_sigusr1_then_resume_equals_uninterrupted(setup, uninterrupted):
+    stopped = train_interrupted(setup, "d", signal.SIGUSR1)
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    train(setup, "d")
+    assert_identical(uninterrupted / "waves.pth", setup / "d" / "waves.pth")
+    # a finished run started again resumes from its final checkpoint and rewrites the same model
+    again = train(setup, "d")
+    assert "final.ckpt" in again.stderr
+    assert_identical(uninterrupted / "waves.pth", setup / "d" / "waves.pth")
+
+
+def test_missing_loss_network_stops_with_fetch_command(setup, capsys):
+    args = command(setup, "e")[1:]
+    missing = setup / "missing" / "vgg16_features.pth"
+    args[args.index("--loss-network") + 1] = str(missing)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "stylepipe fetch loss-network" in err
+    assert not (setup / "e").exists()
+
+
+def test_sampler_order_depends_on_seed_and_epoch_only():
+    a = ResumableSampler(10, batch_size=2, seed=5)
+    b = ResumableSampler(10, batch_size=2, seed=5)
+    assert list(a) == list(b) and sorted(a) == list(range(10))
+    a.set_epoch(1)
+    assert list(a) != list(b)
+    assert list(a) == ResumableSampler(10, 2, 5).order(1)
+
+
+def test_sampler_resumes_mid_epoch_and_after_last_batch():
+    full = ResumableSampler(10, batch_size=2, seed=1)
+    full.set_epoch(3)
+    order = list(full)
+    resumed = ResumableSampler(10, batch_size=2, seed=1)
+    resumed.load_state_dict({"epoch": 3, "consumed": 2})
+    resumed.set_epoch(3)  # what Lightning does right after restoring
+    assert list(resumed) == order[4:]
+    at_end = ResumableSampler(10, batch_size=2, seed=1)
+    at_end.load_state_dict({"epoch": 3, "consumed": 5})  # saved after the epoch's last batch
+    assert at_end.state_dict() == {"epoch": 4, "consumed": 0}
+
+
+def test_sampler_splits_between_processes():
+    ranks = [ResumableSampler(11, batch_size=2, seed=0, rank=r, world_size=2) for r in range(2)]
+    parts = [list(r) for r in ranks]
+    assert len(parts[0]) == len(parts[1]) == 5
+    assert not set(parts[0]) & set(parts[1])
