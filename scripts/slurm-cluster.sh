@@ -106,6 +106,9 @@ GresTypes=gpu
 MinJobAge=300
 KillWait=10
 MailProg=/bin/true
+# A job that can never fit (e.g. more CPUs than the node has) is refused at
+# submission instead of pending forever.
+EnforcePartLimits=ALL
 ReturnToService=2
 SlurmdTimeout=60
 NodeName=$(hostname -s) NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
