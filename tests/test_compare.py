@@ -1,10 +1,12 @@
-"""`stylepipe compare` on a real git + DVC history.
+"""`stylepipe compare` and `dvc plots diff` on a real git + DVC history.
 
-A temporary repository gets commits with different style weights; their
-artifacts live in the DVC cache (not in git). The report must name every
-revision, show every metric value and embed every image; a revision whose cache
-objects are gone must render with the command that fetches them; and the page
-must render in headless Chromium with its images loaded.
+The tiny offline pipeline run by Snakemake (shared with the other end-to-end
+tests) is recorded with `dvc commit` as commit A; commit B raises the waves style
+weight and reruns with `dvc repro`. Artifacts live in the DVC cache, not in git.
+The report must name both revisions, show every metric value and embed every
+image; a revision whose images are in neither the cache nor a reachable remote
+must render with the command that fetches them (and that command must work);
+and the page must render in headless Chromium with its images loaded.
 """
 
 from __future__ import annotations
@@ -26,18 +28,15 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_params_dict
+from test_pipeline_snakemake import snakemake_workspace
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
        "GIT_AUTHOR_NAME": "stylepipe tests", "GIT_AUTHOR_EMAIL": "tests@example.org",
        "GIT_COMMITTER_NAME": "stylepipe tests", "GIT_COMMITTER_EMAIL": "tests@example.org"}
-STYLES = ("waves", "mosaic")
-IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
-# Each commit's stylized images get their own saturated colour in the
-# self-made history, so a screenshot can tell whether they were drawn.
-COLOURS = {"A": (230, 30, 30), "B": (30, 60, 230)}
-# The real tiny pipeline (shared with the other end-to-end tests) or artifacts made by hand.
-USE_PIPELINE = os.environ.get("STYLEPIPE_COMPARE_PIPELINE", "0") == "1"
+STYLES = tuple(tiny_params_dict()["styles"])
+IMAGES = tuple(item["name"] for item in tiny_params_dict()["data"]["eval"])
+SUBJECTS = {"A": "Baseline style weight", "B": "Stronger waves style weight"}
 
 
 def run(*cmd: str, cwd: Path) -> str:
@@ -46,121 +45,62 @@ def run(*cmd: str, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-def _png(path: Path, colour: tuple[int, int, int], seed: int, size: tuple[int, int] = (48, 36)) -> None:
-    """A noisy image around ``colour`` (noise so files differ between images)."""
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour)[None, None, :] + rng.integers(-20, 21, (size[1], size[0], 3)), 0, 255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.astype(np.uint8)).save(path)
-
-
-def _write_artifacts(repo: Path, tag: str, weights: dict[str, float]) -> None:
-    """What the pipeline produces, made by hand: metrics, curves, eval and stylized images.
-
-    Only a style whose weight differs from the baseline gets new outputs, as in
-    a real rerun.
-    """
-    metrics = {}
-    for i, style in enumerate(STYLES):
-        changed = weights[style] != 1e10
-        content = 1000.0 + i + (7.0 if changed else 0.0)
-        style_loss = weights[style] / 1e7 + i
-        metrics[style] = {"content_loss": content, "style_loss": style_loss, "total_loss": content + style_loss,
-                          "ssim": 0.5 - 0.01 * i - (0.1 if changed else 0.0), "train_images_per_s": 10.0,
-                          "train_wall_time_s": 3.0, "stylize_images_per_s": 20.0, "model_size_mb": 6.4}
-        rows = ["step,content_loss,style_loss,tv_loss,total_loss,lr"]
-        rows += [f"{s},{content / s},{style_loss * 10 / s},0.0,{content / s + style_loss * 10 / s},0.001"
-                 for s in range(1, 5)]
-        (repo / f"results/train/{style}").mkdir(parents=True, exist_ok=True)
-        (repo / f"results/train/{style}/curves.csv").write_text("\n".join(rows) + "\n")
-        (repo / "results/metrics").mkdir(parents=True, exist_ok=True)
-        (repo / f"results/metrics/{style}.json").write_text(json.dumps(metrics[style]))
-        colour = COLOURS["B" if changed else "A"]
-        for j, image in enumerate(IMAGES):
-            _png(repo / f"results/stylized/{style}/{image}.png", colour, seed=100 * j + 10 * i + sum(colour))
-    for j, image in enumerate(IMAGES):
-        _png(repo / f"data/eval/{image}.png", (128, 128, 128), seed=j)
-    (repo / "results/metrics.json").write_text(json.dumps(metrics, indent=2))
-
-
-def _self_made_history(repo: Path) -> dict:
-    """Two commits whose artifacts are written by hand and tracked with `dvc add`."""
-    run("git", "init", "-q", "-b", "main", cwd=repo)
-    run("dvc", "init", "-q", cwd=repo)
-    run("git", "commit", "-q", "-m", "Initialize DVC", cwd=repo)
-    outs = ["data/eval"] + [f"results/stylized/{s}" for s in STYLES] + [f"results/train/{s}" for s in STYLES]
-    shas = {}
-    for tag, waves_weight, subject in (("A", 1e10, "Baseline style weight"),
-                                       ("B", 5e10, "Stronger waves style weight")):
-        params = tiny_params_dict()
-        params["styles"]["waves"]["style_weight"] = waves_weight
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        _write_artifacts(repo, tag, {"waves": waves_weight, "mosaic": 1e10})
-        run("dvc", "add", "-q", *outs, cwd=repo)
-        run("git", "add", "-A", cwd=repo)
-        run("git", "commit", "-q", "-m", subject, cwd=repo)
-        shas[tag] = run("git", "rev-parse", "HEAD", cwd=repo).strip()
-    return shas
-
-
-def _pipeline_history(repo: Path, tmp_path_factory) -> dict:
-    """The shared tiny Snakemake run recorded with `dvc commit` (A), then `dvc repro` with a stronger waves weight (B)."""
-    from test_pipeline_snakemake import snakemake_workspace
-
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> dict:
+    """Commit A: the shared tiny Snakemake run, recorded by `dvc commit`; B: `dvc repro` with waves' style weight x5."""
+    repo = tmp_path_factory.mktemp("history")
     shutil.copytree(snakemake_workspace(tmp_path_factory), repo, symlinks=True, dirs_exist_ok=True)
     run("dvc", "commit", "-q", "-f", cwd=repo)
     run("git", "add", "-A", cwd=repo)
-    run("git", "commit", "-q", "-m", "Baseline style weight", cwd=repo)
+    run("git", "commit", "-q", "-m", SUBJECTS["A"], cwd=repo)
     shas = {"A": run("git", "rev-parse", "HEAD", cwd=repo).strip()}
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["styles"]["waves"]["style_weight"] = 5e10
+    params["styles"]["waves"]["style_weight"] = 5 * params["train"]["style_weight"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run("dvc", "repro", cwd=repo)
     run("git", "add", "-A", cwd=repo)
-    run("git", "commit", "-q", "-m", "Stronger waves style weight", cwd=repo)
+    run("git", "commit", "-q", "-m", SUBJECTS["B"], cwd=repo)
     shas["B"] = run("git", "rev-parse", "HEAD", cwd=repo).strip()
-    return shas
-
-
-def _history(repo: Path, tmp_path_factory) -> dict:
-    shas = _pipeline_history(repo, tmp_path_factory) if USE_PIPELINE else _self_made_history(repo)
     metrics = {tag: json.loads(run("git", "show", f"{sha}:results/metrics.json", cwd=repo))
                for tag, sha in shas.items()}
-    return {"repo": repo, **shas, "metrics": metrics,
-            "subjects": {"A": "Baseline style weight", "B": "Stronger waves style weight"}}
+    return {"repo": repo, **shas, "metrics": metrics}
 
 
-def _cache_objects(repo: Path, rev: str, target: str) -> set[str]:
-    """md5s of a directory output's listing and files at ``rev``."""
+def _cache_objects(repo: Path, rev: str, *outputs: str) -> set[str]:
+    """Cache object names (md5) of DVC outputs at ``rev``: directory listings and files."""
     from dvc.api import DVCFileSystem
 
     fs = DVCFileSystem(str(repo), rev=rev)
     try:
-        return {fs.info(target)["md5"]} | {fs.info(path)["md5"] for path in fs.find(target)}
+        return {md5 for out in outputs for path in [out, *fs.find(out)] if (md5 := fs.info(path).get("md5"))}
     finally:
         fs.close()
 
 
-def _drop_cache_objects(repo: Path, md5s: set[str]) -> None:
-    """Delete objects from the cache, as if they had never been fetched."""
-    cache = repo / ".dvc/cache/files/md5"
+def _copy_objects(src: Path, dst: Path, md5s: set[str]) -> None:
     for md5 in md5s:
-        (cache / md5[:2] / md5[2:]).unlink()
-    shutil.rmtree(repo / ".dvc/tmp", ignore_errors=True)  # DVC's memo of directory listings
+        rel = Path(".dvc/cache/files/md5", md5[:2], md5[2:])
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory):
-    """Commits A and B of the tiny project, B with a stronger waves style weight."""
-    return _history(tmp_path_factory.mktemp("history"), tmp_path_factory)
+def _stylized_colours(repo: Path, revs: list[str]) -> tuple[np.ndarray, float]:
+    """The colours (16 levels a channel) that make up 95% of the revisions' stylized images,
+    and the area those images take in the report (256 px wide each)."""
+    from dvc.api import DVCFileSystem
 
-
-def _stylized_colours(repo: Path, count: int = 12) -> list[tuple[int, int, int]]:
-    """The most common colours (16 levels a channel) of the workspace's stylized images."""
-    pixels = np.concatenate([np.asarray(Image.open(p).convert("RGB")).reshape(-1, 3)
-                             for p in sorted((repo / "results/stylized").glob("*/*.png"))])
-    values, counts = np.unique(pixels // 16, axis=0, return_counts=True)
-    return [tuple(int(c) for c in values[i]) for i in np.argsort(counts)[::-1][:count]]
+    pixels, area = [], 0.0
+    for rev in revs:
+        fs = DVCFileSystem(str(repo), rev=rev)
+        for path in sorted(p for p in fs.find("results/stylized") if p.endswith(".png")):
+            with Image.open(io.BytesIO(fs.read_bytes(path))) as img:
+                pixels.append(np.asarray(img.convert("RGB")).reshape(-1, 3) // 16)
+                area += 256 * 256 * img.height / img.width
+        fs.close()
+    values, counts = np.unique(np.concatenate(pixels), axis=0, return_counts=True)
+    order = np.argsort(counts)[::-1]
+    keep = order[: int(np.searchsorted(np.cumsum(counts[order]), 0.95 * counts.sum())) + 1]
+    return values[keep], area
 
 
 @pytest.fixture(scope="module")
@@ -181,15 +121,14 @@ def test_report_names_revisions_and_shows_metrics(history, report_ab):
     metrics = history["metrics"]
     for tag in ("A", "B"):
         assert _short(history[tag]) in page
-        assert history["subjects"][tag] in page
+        assert SUBJECTS[tag] in page
         for style in STYLES:
             for name in ("content_loss", "style_loss", "total_loss", "ssim"):
                 assert f"{metrics[tag][style][name]:.4g}" in page, (tag, style, name)
     delta = metrics["B"]["waves"]["style_loss"] - metrics["A"]["waves"]["style_loss"]
     assert delta != 0 and f"{delta:+.4g}" in page
-    # the changed params key, with both values
-    assert re.search(r"styles\.waves\.style_weight</code></td><td><code>(1e\+10|—)</code></td>"
-                     r"<td><code>5e\+10</code>", page)
+    # the changed params key: absent in A (the train value applies), 5e+10 in B
+    assert re.search(r"styles\.waves\.style_weight</code></td><td><code>—</code></td><td><code>5e\+10</code>", page)
     assert "missing" not in page.split("<body>")[1].lower().replace("cellmissing", "")
 
 
@@ -219,36 +158,52 @@ def test_contact_sheet_has_a_cell_per_image_and_revision(history, report_ab):
 
 
 def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
-    """B's waves images only in an unreachable remote: hint; once it is back, the hint's command works."""
-    repo, remote = tmp_path / "repo", tmp_path / "remote"
-    shutil.copytree(history["repo"], repo, symlinks=True)
-    run("dvc", "remote", "add", "-q", "-d", "store", str(remote), cwd=repo)
-    run("dvc", "push", "-q", cwd=repo)
-    target = "results/stylized/waves"
-    only_b = _cache_objects(repo, history["B"], target) - _cache_objects(repo, history["A"], target)
-    assert only_b, "B's waves images should differ from A's"
-    _drop_cache_objects(repo, only_b)
-    remote.rename(tmp_path / "remote-away")
+    """A fresh clone with everything but B's waves images, and an unreachable remote: the page says
+    what is missing and how to fetch it; once the remote is reachable, that command works."""
+    origin, clone, target = history["repo"], tmp_path / "clone", "results/stylized/waves"
+    run("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
+    present = (_cache_objects(origin, history["A"], "data/eval", *(f"results/stylized/{s}" for s in STYLES))
+               | _cache_objects(origin, history["B"], "data/eval", "results/stylized/mosaic"))
+    _copy_objects(origin, clone, present)
+    assert _cache_objects(origin, history["B"], target) - present, "B's waves images should be new in B"
+    run("dvc", "remote", "add", "--local", "-d", "store", str(tmp_path / "unreachable"), cwd=clone)
 
     out = tmp_path / "report.html"
-    log = run("stylepipe", "compare", history["A"], history["B"], "--output", str(out), cwd=repo)
+    log = run("stylepipe", "compare", history["A"], history["B"], "--output", str(out), cwd=clone)
     page = html.unescape(out.read_text())
     hint = f"git checkout {_short(history['B'])} && dvc fetch {target} && git checkout -"
     assert hint in page and f"fetch them with: {hint}" in log
     assert f"dvc fetch --all-commits {target}" in page
     for image in IMAGES:
         assert f"{target}/{image}.png" in page
-    # B's waves stylizations are placeholders; everything else is still there
+    # B's waves stylizations are placeholders; everything else is there, metrics and curves from git
     assert page.count('class="cellmissing"') == len(IMAGES)
     assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3 - len(IMAGES)
     assert f"{history['metrics']['B']['waves']['style_loss']:.4g}" in page
+    assert page.count("<polyline") == len(STYLES) * 3 * 2
 
-    (tmp_path / "remote-away").rename(remote)
-    subprocess.run(hint, shell=True, cwd=repo, env=ENV, check=True, capture_output=True)
-    run("stylepipe", "compare", history["A"], history["B"], "--output", str(out), cwd=repo)
+    # the origin's cache has the same layout as a local remote
+    run("dvc", "remote", "modify", "--local", "store", "url", str(origin / ".dvc/cache"), cwd=clone)
+    subprocess.run(hint, shell=True, cwd=clone, env=ENV, check=True, capture_output=True)
+    run("stylepipe", "compare", history["A"], history["B"], "--output", str(out), cwd=clone)
     page = out.read_text()
     assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3
     assert 'class="missing"' not in page
+
+
+def test_dvc_plots_diff_shows_curves_and_images(history, tmp_path):
+    """The plots dvc.yaml declares: each style's curves and stylized images, for both revisions."""
+    a, b = _short(history["A"]), _short(history["B"])
+    run("dvc", "plots", "diff", a, b, "-o", str(tmp_path / "plots"), cwd=history["repo"])
+    page = (tmp_path / "plots/index.html").read_text()
+    static = {p.name for p in (tmp_path / "plots/static").iterdir()}
+    for rev in (a, b):
+        for style in STYLES:
+            for image in IMAGES:
+                assert f"{rev}_results_stylized_{style}_{image}.png" in static
+        assert len(re.findall(rf'"rev": "{rev}"', page)) >= len(STYLES)  # curve points of each style
+    for style in STYLES:
+        assert f"results/train/{style}/curves.csv" in page
 
 
 def test_default_compares_head_with_workspace(history, tmp_path):
@@ -316,10 +271,11 @@ def test_report_renders_in_headless_chromium(history, report_ab, tmp_path):
                    capture_output=True, text=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.std() > 20
-    shown = {tuple(int(c) for c in colour) for colour in np.unique(pixels.reshape(-1, 3) // 16, axis=0)}
-    expected_colours = _stylized_colours(history["repo"])
-    seen = [colour for colour in expected_colours if colour in shown]
-    assert len(seen) >= 0.75 * len(expected_colours), "the stylized images' colours are not in the screenshot"
+    # as many screenshot pixels in the stylized images' colours as those images cover on the page
+    colours, area = _stylized_colours(history["repo"], [history["A"], history["B"]])
+    codes = lambda rgb: (rgb[..., 0].astype(int) * 16 + rgb[..., 1]) * 16 + rgb[..., 2]  # noqa: E731
+    painted = np.isin(codes(pixels.reshape(-1, 3) // 16), codes(colours)).sum()
+    assert painted > 0.6 * area, f"stylized images not visible: {painted} px in their colours, expected ~{area:.0f}"
 
 
 # --------------------------------------------------------------------------- pieces

@@ -417,12 +417,14 @@ def svg_chart(series: list[tuple[str, str, pd.DataFrame]], column: str, width: i
                    f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{text}</text>')
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" class="note">step'
                f'{" (log y)" if log else ""}</text>')
-    for label, colour, x, y in lines:
+    for index, (label, colour, x, y) in enumerate(lines):
+        # the baseline widest, so a later revision with the same curve does not hide it
+        width_px = max(1.2, 3.6 - 1.2 * index)
         if log:
             keep = y > 0
             x, y = x[keep], [math.log10(v) for v in y[keep]]
         points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
-        out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.8">'
+        out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="{width_px:.1f}" stroke-linejoin="round">'
                    f'<title>{html.escape(label)}</title></polyline>')
         if len(x) == 1:
             out.append(f'<circle cx="{px(x[0]):.1f}" cy="{py(y[0]):.1f}" r="3" fill="{colour}"/>')
