@@ -99,7 +99,8 @@ class StyleTransferModule(pl.LightningModule):
     def losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         stylized = self.transformer(images)
         with torch.no_grad():
-            content_target = self.loss_network(images)
+            # only up to the deepest content layer; no autograd graph for the target
+            content_target = self.loss_network(images, self.content_layers)
         features = self.loss_network(stylized)
         hp = self.hparams
         content = hp.content_weight * content_loss(features, content_target, self.content_layers)

@@ -105,12 +105,21 @@ class LossNetwork(nn.Module):
         """0–255 RGB → ImageNet-normalised input (same as pytorch/examples)."""
         return (batch - self.mean) / self.std
 
-    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, batch: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Activations at ``layers`` (default: all this network was built for).
+
+        Stops after the deepest requested layer: the content target usually needs
+        only relu2_2, a third of the work of going on to relu4_3.
+        """
+        wanted = set(self.layers if layers is None else layers)
         x = self.normalize(batch)
         out = {}
         for name, block in zip(self.layers, self.slices):
+            if not wanted:
+                break
             x = block(x)
             out[name] = x
+            wanted.discard(name)
         return out
 
 
