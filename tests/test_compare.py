@@ -206,20 +206,25 @@ def test_dvc_plots_diff_shows_curves_and_images(history, tmp_path):
         assert f"results/train/{style}/curves.csv" in page
 
 
-def test_default_compares_head_with_workspace(history, tmp_path):
+def test_default_compares_head_with_workspace_and_experiments_by_name(history, tmp_path):
     repo = history["repo"]
     metrics = json.loads((repo / "results/metrics.json").read_text())
     metrics["waves"]["ssim"] = 0.123456
     (repo / "results/metrics.json").write_text(json.dumps(metrics))
     try:
-        out = tmp_path / "report.html"
-        run("stylepipe", "compare", "--output", str(out), cwd=repo)
-        page = out.read_text()
+        run("stylepipe", "compare", "--output", str(tmp_path / "default.html"), cwd=repo)
+        run("dvc", "exp", "save", "-q", "-n", "tweaked-ssim", cwd=repo)
+        run("stylepipe", "compare", "HEAD", "tweaked-ssim", "--output", str(tmp_path / "exp.html"), cwd=repo)
     finally:
-        run("git", "checkout", "-q", "--", "results/metrics.json", cwd=repo)
-    assert _short(history["B"]) in page and "workspace" in page
+        run("git", "checkout", "-q", "--", "results/metrics.json", "dvc.lock", cwd=repo)
+    assert run("git", "status", "--porcelain", "--untracked-files=no", cwd=repo) == ""
+    page = (tmp_path / "default.html").read_text()
+    assert f"HEAD ({_short(history['B'])})" in page and "workspace" in page
     assert "0.1235" in page
     assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3
+    page = (tmp_path / "exp.html").read_text()
+    assert f"DVC experiment tweaked-ssim (baseline {_short(history['B'])})" in page
+    assert "0.1235" in page and "tweaked-ssim (" in page
 
 
 def test_unknown_revision_is_a_clear_error(history, tmp_path):

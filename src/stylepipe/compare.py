@@ -117,12 +117,27 @@ def resolve_revision(repo: Path, name: str) -> Revision:
         changed = _git(repo, "status", "--porcelain", "--untracked-files=no").splitlines()
         subject = f"files on disk ({len(changed)} tracked files changed)" if changed else "files on disk"
         return Revision(name=name, sha=None, short=WORKSPACE, subject=subject, date="")
+    experiment = None
     try:
         sha = _git(repo, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}").strip()
     except CompareError:
-        raise CompareError(f"unknown revision {name!r} in {repo}: give a commit, branch, tag or `{WORKSPACE}`") from None
+        experiment = _experiment_ref(repo, name)
+        if experiment is None:
+            raise CompareError(f"unknown revision {name!r} in {repo}: give a commit, branch, tag, "
+                               f"DVC experiment name or `{WORKSPACE}`") from None
+        sha = _git(repo, "rev-parse", experiment).strip()
     short, subject, date = _git(repo, "log", "-1", "--format=%h%x00%s%x00%ci", sha).rstrip("\n").split("\x00")
+    if experiment is not None:  # its commit subject is DVC's, not the user's
+        baseline = "".join(experiment.split("/")[2:4])
+        subject = f"DVC experiment {name} (baseline {baseline[:7]})"
     return Revision(name=name, sha=sha, short=short, subject=subject, date=date)
+
+
+def _experiment_ref(repo: Path, name: str) -> str | None:
+    """The git ref of a DVC experiment (`dvc exp run -n NAME`, `dvc exp save -n NAME`), if exactly one matches."""
+    refs = [ref for ref in _git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+            if ref.count("/") == 4 and ref.rsplit("/", 1)[1] == name]
+    return refs[0] if len(refs) == 1 else None
 
 
 class _Source:
