@@ -199,3 +199,34 @@ def test_sampler_splits_between_processes():
     parts = [list(r) for r in ranks]
     assert len(parts[0]) == len(parts[1]) == 5
     assert not set(parts[0]) & set(parts[1])
+
+
+def test_datamodule_reads_shards_and_holds_out_validation(tmp_path):
+    from stylepipe.data.shards import ShardWriter
+    from stylepipe.datamodule import ContentDataModule
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (3, 16, 16), dtype=np.uint8) for _ in range(7)]
+    with ShardWriter(tmp_path / "resized", 16, per_shard=3) as writer:
+        for i, image in enumerate(images):
+            writer.add(image, f"img{i}.jpg")
+        writer.close()
+    dm = ContentDataModule(tmp_path / "resized", image_size=16, batch_size=2, val_images=2, seed=3)
+    dm.setup("fit")
+    train_batches = list(dm.train_dataloader())
+    assert len(train_batches) == 2 and train_batches[0].dtype == torch.uint8  # 5 images, last partial batch dropped
+    seen = {tuple(b.flatten()[:8].tolist()) for batch in train_batches for b in batch}
+    assert all(tuple(torch.from_numpy(images[i]).flatten()[:8].tolist()) not in seen for i in (5, 6))
+    val = torch.cat(list(dm.val_dataloader()))
+    assert torch.equal(val, torch.from_numpy(np.stack(images[5:])))
+    with pytest.raises(ValueError, match="image_size is 32"):
+        ContentDataModule(tmp_path / "resized", 32, 2, 2, 3).setup("fit")
+
+
+def test_folder_input_resizes_and_crops(setup):
+    from stylepipe.datamodule import ContentDataModule
+
+    dm = ContentDataModule(setup / "content", image_size=24, batch_size=2, val_images=2, seed=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (2, 3, 24, 24) and batch.dtype == torch.uint8
