@@ -158,28 +158,28 @@ def test_contact_sheet_has_a_cell_per_image_and_revision(history, report_ab):
 
 
 def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
-    """A fresh clone with everything but B's waves images, and an unreachable remote: the page says
+    """A fresh clone with everything but A's waves images, and an unreachable remote: the page says
     what is missing and how to fetch it; once the remote is reachable, that command works."""
     origin, clone, target = history["repo"], tmp_path / "clone", "results/stylized/waves"
     run("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
-    present = (_cache_objects(origin, history["A"], "data/eval", *(f"results/stylized/{s}" for s in STYLES))
-               | _cache_objects(origin, history["B"], "data/eval", "results/stylized/mosaic"))
+    present = (_cache_objects(origin, history["A"], "data/eval", "results/stylized/mosaic")
+               | _cache_objects(origin, history["B"], "data/eval", *(f"results/stylized/{s}" for s in STYLES)))
     _copy_objects(origin, clone, present)
-    assert _cache_objects(origin, history["B"], target) - present, "B's waves images should be new in B"
+    assert _cache_objects(origin, history["A"], target) - present, "A's waves images should differ from B's"
     run("dvc", "remote", "add", "--local", "-d", "store", str(tmp_path / "unreachable"), cwd=clone)
 
     out = tmp_path / "report.html"
     log = run("stylepipe", "compare", history["A"], history["B"], "--output", str(out), cwd=clone)
     page = html.unescape(out.read_text())
-    hint = f"git checkout {_short(history['B'])} && dvc fetch {target} && git checkout -"
+    hint = f"git checkout {_short(history['A'])} && dvc fetch {target} && git checkout -"
     assert hint in page and f"fetch them with: {hint}" in log
     assert f"dvc fetch --all-commits {target}" in page
     for image in IMAGES:
         assert f"{target}/{image}.png" in page
-    # B's waves stylizations are placeholders; everything else is there, metrics and curves from git
+    # A's waves stylizations are placeholders; everything else is there, metrics and curves from git
     assert page.count('class="cellmissing"') == len(IMAGES)
     assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3 - len(IMAGES)
-    assert f"{history['metrics']['B']['waves']['style_loss']:.4g}" in page
+    assert f"{history['metrics']['A']['waves']['style_loss']:.4g}" in page
     assert page.count("<polyline") == len(STYLES) * 3 * 2
 
     # the origin's cache has the same layout as a local remote
@@ -189,6 +189,22 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
     page = out.read_text()
     assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3
     assert 'class="missing"' not in page
+
+
+def test_fresh_clone_workspace_says_pull_and_names_a_broken_file(history, tmp_path):
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(history["repo"]), str(clone), cwd=tmp_path)
+    (clone / "results/metrics.json").write_text("{not json")
+    out = tmp_path / "report.html"
+    run("stylepipe", "compare", "--repo", str(clone), "--output", str(out), cwd=tmp_path)
+    page = html.unescape(out.read_text())
+    outputs = " ".join(sorted(["data/eval", *(f"results/stylized/{s}" for s in STYLES)]))
+    assert f"dvc pull {outputs}" in page  # the workspace
+    assert f"<pre>dvc fetch {outputs}</pre>" in page  # HEAD, which is checked out: no `git checkout` needed
+    assert "results/metrics.json</code>: cannot be parsed (JSONDecodeError" in page
+    # the per-style metrics files (in git) stand in for the broken combined one
+    assert f"{history['metrics']['B']['waves']['style_loss']:.4g}" in page
+    assert "data:image/png;base64," not in page  # nothing in this clone's cache, no remote
 
 
 def test_dvc_plots_diff_shows_curves_and_images(history, tmp_path):

@@ -81,6 +81,7 @@ class CompareError(Exception):
 class Missing:
     path: str
     target: str | None  # the DVC output holding it; None when no revision records it
+    error: str | None = None  # set when the file is there but cannot be parsed
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Revision:
     styles: list[str] = field(default_factory=list)
     image_names: list[str] = field(default_factory=list)
     label: str = ""
+    checked_out: bool = False  # the commit the workspace is on: `dvc fetch` needs no checkout
 
     @property
     def is_workspace(self) -> bool:
@@ -170,6 +172,17 @@ class _Source:
             self.rev.missing.append(Missing(path, self._output_of(path)))
             return None
 
+    def parse(self, path: str, parser):
+        """``parser(bytes)``, or None (recorded in ``rev.missing``) if unreadable or unparsable."""
+        raw = self.read(path)
+        if raw is None:
+            return None
+        try:
+            return parser(raw)
+        except Exception as err:  # noqa: BLE001 - a broken file is reported, not fatal
+            self.rev.missing.append(Missing(path, None, f"cannot be parsed ({type(err).__name__}: {err})"))
+            return None
+
     def listdir(self, path: str) -> list[str]:
         try:
             if self.rev.is_workspace:
@@ -219,26 +232,25 @@ def _normalise_png(data: bytes, max_size: int) -> bytes:
 def read_revision(repo: Path, rev: Revision, max_image_size: int = 512) -> Revision:
     source = _Source(repo, rev)
     try:
-        raw = source.read(PARAMS)
-        rev.params = (yaml.safe_load(raw) or {}) if raw is not None else {}
+        rev.params = source.parse(PARAMS, yaml.safe_load) or {}
         styles = list(rev.params.get("styles") or {})
-        raw = source.read(METRICS)
-        if raw is not None:
-            rev.metrics = json.loads(raw)
+        metrics = source.parse(METRICS, json.loads)
+        if metrics is not None:
+            rev.metrics = metrics
         else:  # the per-style files are what `report` merges; use them if they are there
             for style in styles:
-                raw_style = source.read(STYLE_METRICS.format(style=style))
-                if raw_style is not None:
-                    rev.metrics[style] = json.loads(raw_style)
+                style_metrics = source.parse(STYLE_METRICS.format(style=style), json.loads)
+                if style_metrics is not None:
+                    rev.metrics[style] = style_metrics
         styles += [s for s in rev.metrics if s not in styles]
         images = [str(item["name"]) for item in (rev.params.get("data") or {}).get("eval") or [] if "name" in item]
         if not images:
             images = [posixpath.splitext(n)[0] for n in source.listdir(EVAL_DIR) if n.endswith(".png")]
 
         for style in styles:
-            raw = source.read(CURVES.format(style=style))
-            if raw is not None:
-                rev.curves[style] = _parse_curves(raw)
+            curves = source.parse(CURVES.format(style=style), _parse_curves)
+            if curves is not None:
+                rev.curves[style] = curves
         wanted = [(None, image) for image in images] + [(style, image) for style in styles for image in images]
         for style, image in tqdm(wanted, desc=f"compare: {rev.label}", unit="image", file=sys.stderr,
                                  disable=None):
@@ -248,8 +260,8 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = 512) -> Revis
                 continue
             try:
                 png = _normalise_png(raw, max_image_size)
-            except Exception:  # noqa: BLE001 - unreadable image: say so instead of failing
-                rev.missing.append(Missing(path, None))
+            except Exception as err:  # noqa: BLE001 - unreadable image: say so instead of failing
+                rev.missing.append(Missing(path, None, f"not a readable image ({err})"))
                 continue
             if style is None:
                 rev.content[image] = png
@@ -476,18 +488,21 @@ def _rev_head(rev: Revision, colour: str) -> str:
 
 def fetch_hint(rev: Revision) -> str:
     """The command that makes ``rev``'s missing artifacts readable."""
-    targets = sorted({m.target for m in rev.missing if m.target})
+    targets = sorted({m.target for m in rev.missing if m.target and not m.error})
     if not targets:
         return ""
     joined = " ".join(targets)
     if rev.is_workspace:
         return f"dvc pull {joined}"
+    if rev.checked_out:
+        return f"dvc fetch {joined}"
     return f"git checkout {rev.short} && dvc fetch {joined} && git checkout -"
 
 
 def _missing_box(rev: Revision, colour: str) -> str:
-    tracked = [m for m in rev.missing if m.target]
-    absent = [m for m in rev.missing if not m.target]
+    tracked = [m for m in rev.missing if m.target and not m.error]
+    absent = [m for m in rev.missing if not m.target and not m.error]
+    broken = [m for m in rev.missing if m.error]
     parts = [f'<div class="missing" id="missing-{html.escape(rev.label)}"><strong>{_rev_head(rev, colour)}: '
              f'{len(rev.missing)} artifact(s) missing</strong>']
     if tracked:
@@ -495,7 +510,9 @@ def _missing_box(rev: Revision, colour: str) -> str:
         parts.append(f"<p>Recorded by DVC but not {where}:</p><ul>"
                      + "".join(f"<li><code>{html.escape(m.path)}</code></li>" for m in tracked) + "</ul>")
         parts.append("<p>Fetch them with:</p><pre>" + html.escape(fetch_hint(rev)) + "</pre>")
-        if not rev.is_workspace:
+        if rev.is_workspace:
+            parts.append("<p>(or, if the pipeline never produced them, <code>dvc repro</code>)</p>")
+        if not rev.is_workspace and not rev.checked_out:
             targets = " ".join(sorted({m.target for m in tracked}))
             parts.append("<p>or, without switching the workspace (fetches these outputs for every commit):</p>"
                          f"<pre>dvc fetch --all-commits {html.escape(targets)}</pre>")
@@ -503,6 +520,9 @@ def _missing_box(rev: Revision, colour: str) -> str:
         parts.append("<p>Not recorded in this revision (the pipeline had not produced them"
                      + (": run <code>dvc repro</code>" if rev.is_workspace else "")
                      + "):</p><ul>" + "".join(f"<li><code>{html.escape(m.path)}</code></li>" for m in absent) + "</ul>")
+    if broken:
+        parts.append("<p>Present but unreadable:</p><ul>" + "".join(
+            f"<li><code>{html.escape(m.path)}</code>: {html.escape(m.error or '')}</li>" for m in broken) + "</ul>")
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -655,6 +675,9 @@ def compare(repo: Path, names: Iterable[str], max_image_size: int = 512) -> list
     repo = Path(repo)
     _git(repo, "rev-parse", "--show-toplevel")  # fails with git's own message outside a repository
     revs = [resolve_revision(repo, name) for name in names]
+    head = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD").strip()
+    for rev in revs:
+        rev.checked_out = rev.sha == head
     _labels(revs)
     for rev in revs:
         print(f"compare: reading {rev.label}: {rev.subject}", file=sys.stderr)
