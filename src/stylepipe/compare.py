@@ -232,10 +232,11 @@ def _normalise_png(data: bytes, max_size: int) -> bytes:
 def read_revision(repo: Path, rev: Revision, max_image_size: int = 512) -> Revision:
     source = _Source(repo, rev)
     try:
-        rev.params = source.parse(PARAMS, yaml.safe_load) or {}
-        styles = list(rev.params.get("styles") or {})
+        params = source.parse(PARAMS, yaml.safe_load)
+        rev.params = params if isinstance(params, dict) else {}
+        styles = list(rev.params.get("styles") or {}) if isinstance(rev.params.get("styles"), dict) else []
         metrics = source.parse(METRICS, json.loads)
-        if metrics is not None:
+        if isinstance(metrics, dict):
             rev.metrics = metrics
         else:  # the per-style files are what `report` merges; use them if they are there
             for style in styles:
@@ -243,7 +244,8 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = 512) -> Revis
                 if style_metrics is not None:
                     rev.metrics[style] = style_metrics
         styles += [s for s in rev.metrics if s not in styles]
-        images = [str(item["name"]) for item in (rev.params.get("data") or {}).get("eval") or [] if "name" in item]
+        eval_items = (rev.params.get("data") or {}).get("eval") or []
+        images = [str(item["name"]) for item in eval_items if isinstance(item, dict) and "name" in item]
         if not images:
             images = [posixpath.splitext(n)[0] for n in source.listdir(EVAL_DIR) if n.endswith(".png")]
 
