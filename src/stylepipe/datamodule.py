@@ -15,7 +15,6 @@ batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -17,7 +17,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -248,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
 
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.models.vgg import load_features_state
@@ -299,6 +299,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"stylepipe train: {stop}; checkpoint saved to {stop.path}. "
                   "Run the same command again to resume.", file=sys.stderr)
         return 128 + int(stop.signum)
+    except SIGTERMException:
+        # SIGTERM caught by Lightning's own handler before ours was installed (start-up):
+        # a SystemExit with status 0 otherwise, which would look like success
+        print("stylepipe train: interrupted by SIGTERM while starting; run the same command again", file=sys.stderr)
+        return 128 + signal.SIGTERM
     if trainer.interrupted:
         return 1
 
