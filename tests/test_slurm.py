@@ -33,26 +33,29 @@ TINY_STYLES = sorted(tiny_params_dict()["styles"])
 # status checks every few seconds instead of the plugin's 40 s: the jobs here take seconds
 FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2")
 RUN_TIMEOUT = 480
+LONG_STEPS = 12
 
 
 def slurm_params() -> dict:
     params = tiny_params_dict()
     for step in ("train", "stylize", "evaluate"):
         params["resources"][step]["gpu"] = 1
-    params["resources"]["train"]["cpus_per_task"] = 1
     params["resources"]["resize"]["cpus_per_task"] = 1
     # long enough to be caught mid-training; checkpoints every 2 steps (tiny params)
-    params["styles"]["long"] = {"generate": "stripes", "max_steps": 24, "val_check_interval": 24}
+    params["styles"]["long"] = {"generate": "stripes", "max_steps": LONG_STEPS, "val_check_interval": LONG_STEPS}
     # two processes on one node: 2 Slurm tasks, Lightning's DDP over gloo
     params["styles"]["ddp"] = {"generate": "dots", "accelerator": "cpu", "devices": 2, "strategy": "ddp",
-                               "resources": {"gpu": 0}}
+                               "resources": {"gpu": 0, "cpus_per_task": 1}}
     return params
 
 
 def workspace(root: Path, params: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, root / name)
     (root / "slurm").symlink_to("profiles/slurm")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
@@ -170,6 +173,7 @@ def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_ru
     preemption, root = slurm_run.preemption, slurm_run.root
     assert preemption.job_id, "the `long` training job was never seen running with a checkpoint"
     assert not preemption.model_existed, "requeued after training had finished: not mid-training"
+    assert f"step{LONG_STEPS:07d}.ckpt" not in preemption.checkpoints_then, preemption.checkpoints_then
     record = job_record(preemption.job_id, slurm_run.env)
     if record:  # Slurm forgets finished jobs after MinJobAge
         assert int(record["Restarts"]) >= 1, record
@@ -180,7 +184,10 @@ def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_ru
     cmd = ["stylepipe", "train", "--params", "params.yaml", "--style", "long", "--data", "data/resized",
            "--style-image", "data/styles/long.png", "--loss-network", "data/models/vgg16_features.pth",
            "--model", str(tmp_path / "long.pth"), "--scratch", str(tmp_path / "scratch")]
-    env = {k: v for k, v in slurm_run.env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    # as many torch threads as the Slurm job had (Snakemake sets OMP_NUM_THREADS to the job's threads):
+    # another count sums in another order, and on CPU the weights are equal bit for bit only with the same
+    threads = str(slurm_params()["resources"]["train"]["cpus_per_task"])
+    env = {**slurm_run.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     proc = run_limited(cmd, cwd=root, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     resumed = torch.load(root / "results/models/long.pth", weights_only=True)
