@@ -8,8 +8,16 @@ from snakemake.exceptions import WorkflowError
 
 from stylepipe.config import ParamsError, style_names, style_resources, train_params, validate
 
+
+def _relative(path):
+    # Snakemake makes --configfile paths absolute; keep commands (and the params
+    # Snakemake records for reruns) independent of where the checkout lives
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
 # The params files in merge order, passed to every command as --params.
-PARAMS_FILES = [str(path) for path in workflow.configfiles]
+PARAMS_FILES = [_relative(path) for path in workflow.configfiles]
 
 try:
     validate(config, source=" + ".join(PARAMS_FILES))
