@@ -37,6 +37,8 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "
 STYLES = tuple(tiny_params_dict()["styles"])
 IMAGES = tuple(item["name"] for item in tiny_params_dict()["data"]["eval"])
 SUBJECTS = {"A": "Baseline style weight", "B": "Stronger waves style weight"}
+# Images a two-revision report embeds: each content image once, each style's stylization per revision.
+EMBEDDED = len(IMAGES) * (1 + 2 * len(STYLES))
 
 
 def run(*cmd: str, cwd: Path) -> str:
@@ -134,8 +136,7 @@ def test_report_names_revisions_and_shows_metrics(history, report_ab):
 
 def test_report_embeds_every_image_and_nothing_external(report_ab):
     page = report_ab["html"]
-    # per style and image: the content image and one stylization per revision
-    assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * (1 + 2)
+    assert page.count("data:image/png;base64,") == EMBEDDED
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)
     assert "<link" not in page and "<script" not in page
     for match in re.finditer(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page):
@@ -178,7 +179,7 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
         assert f"{target}/{image}.png" in page
     # A's waves stylizations are placeholders; everything else is there, metrics and curves from git
     assert page.count('class="cellmissing"') == len(IMAGES)
-    assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3 - len(IMAGES)
+    assert page.count("data:image/png;base64,") == EMBEDDED - len(IMAGES)
     assert f"{history['metrics']['A']['waves']['style_loss']:.4g}" in page
     assert page.count("<polyline") == len(STYLES) * 3 * 2
 
@@ -187,7 +188,7 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
     subprocess.run(hint, shell=True, cwd=clone, env=ENV, check=True, capture_output=True)
     run("stylepipe", "compare", history["A"], history["B"], "--output", str(out), cwd=clone)
     page = out.read_text()
-    assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3
+    assert page.count("data:image/png;base64,") == EMBEDDED
     assert 'class="missing"' not in page
 
 
@@ -237,7 +238,7 @@ def test_default_compares_head_with_workspace_and_experiments_by_name(history, t
     page = (tmp_path / "default.html").read_text()
     assert f"HEAD ({_short(history['B'])})" in page and "workspace" in page
     assert "0.1235" in page
-    assert page.count("data:image/png;base64,") == len(STYLES) * len(IMAGES) * 3
+    assert page.count("data:image/png;base64,") == EMBEDDED
     page = (tmp_path / "exp.html").read_text()
     assert f"DVC experiment tweaked-ssim (baseline {_short(history['B'])})" in page
     assert "0.1235" in page and "tweaked-ssim (" in page
@@ -283,7 +284,7 @@ def test_report_renders_in_headless_chromium(history, report_ab, tmp_path):
         "</script></body>"))
     dom = subprocess.run(_chromium_cmd(exe, tmp_path / "profile1") + ["--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    expected = len(STYLES) * len(IMAGES) * 3
+    expected = EMBEDDED
     assert f'data-probe="{expected}:{expected}"' in dom
     # 2. The untouched report's screenshot is not blank and shows both revisions' images.
     shot = tmp_path / "shot.png"

@@ -612,15 +612,18 @@ def render_html(revs: list[Revision]) -> str:
             out.append('<div class="charts">' + "".join(svg_chart(series, c) for c in present) + "</div>")
 
     out.append('<h2 id="images">Stylized evaluation images</h2>')
-    for style in styles:
-        out.append(f'<h3>{html.escape(style)}</h3><table class="images"><tr><th>image</th><th>content</th>'
+    # One table per evaluation image: its content image once, then a row per style
+    # with each revision's stylization side by side.
+    for image in images:
+        content = next((r.content[image] for r in revs if image in r.content), None)
+        out.append(f'<h3>{html.escape(image)}</h3><table class="images"><tr><th>content</th><th>style</th>'
                    + "".join(f"<th>{_rev_head(r, colours[r.label])}</th>" for r in revs) + "</tr>")
-        for image in images:
-            content = next((r.content[image] for r in revs if image in r.content), None)
+        for row, style in enumerate(styles):
+            first = (f'<td rowspan="{len(styles)}">{_img(content, f"{image} (content)")}</td>' if row == 0 else "")
             cells = "".join(
                 f"<td>{_img(r.images.get((style, image)), f'{style} / {image} @ {r.label}', _why_absent(r, style, image))}</td>"
                 for r in revs)
-            out.append(f"<tr><th>{html.escape(image)}</th><td>{_img(content, f'{image} (content)')}</td>{cells}</tr>")
+            out.append(f"<tr>{first}<th>{html.escape(style)}</th>{cells}</tr>")
         out.append("</table>")
     out.append("</body></html>\n")
     return "\n".join(out)
