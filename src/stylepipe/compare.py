@@ -57,16 +57,19 @@ HIGHER_IS_BETTER = ("ssim", "images_per_s")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "revisions", nargs="*", metavar="REV",
-        help=f"git revisions to compare, first = baseline; `{WORKSPACE}` means the files on disk "
-             f"(default: HEAD {WORKSPACE}; a single REV is compared with the {WORKSPACE})",
+        help=f"git revisions (commit, branch, tag, DVC experiment name) to compare, the first is the baseline; "
+             f"`{WORKSPACE}` means the files on disk (default: HEAD {WORKSPACE}; a single REV is compared "
+             f"with the {WORKSPACE})",
     )
-    parser.add_argument("--output", "-o", type=Path, default=Path("compare.html"),
+    parser.add_argument("--output", "-o", type=Path, default=Path("compare.html"), metavar="HTML",
                         help="HTML report to write (default: compare.html)")
-    parser.add_argument("--png", type=Path, default=None, help="also write a contact sheet of the stylized images")
-    parser.add_argument("--repo", type=Path, default=Path("."), help="the git + DVC repository (default: .)")
-    parser.add_argument("--max-image-size", type=int, default=512,
+    parser.add_argument("--png", type=Path, default=None, metavar="PNG",
+                        help="also write a contact sheet of the evaluation images and their stylizations")
+    parser.add_argument("--repo", type=Path, default=Path("."), metavar="PATH",
+                        help="the git + DVC repository (default: .)")
+    parser.add_argument("--max-image-size", type=int, default=512, metavar="PX",
                         help="long edge of images embedded in the HTML; 0 keeps them as they are (default: 512)")
-    parser.add_argument("--cell-size", type=int, default=192,
+    parser.add_argument("--cell-size", type=int, default=192, metavar="PX",
                         help="long edge of one image in the contact sheet (default: 192)")
 
 
@@ -678,7 +681,10 @@ def contact_sheet(revs: list[Revision], cell: int = 192) -> Image.Image:
 
 def compare(repo: Path, names: Iterable[str], max_image_size: int = 512) -> list[Revision]:
     repo = Path(repo)
-    _git(repo, "rev-parse", "--show-toplevel")  # fails with git's own message outside a repository
+    try:
+        _git(repo, "rev-parse", "--show-toplevel")
+    except CompareError as err:
+        raise CompareError(f"{repo} is not inside a git repository ({err})") from None
     revs = [resolve_revision(repo, name) for name in names]
     head = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD").strip()
     for rev in revs:
@@ -693,6 +699,9 @@ def compare(repo: Path, names: Iterable[str], max_image_size: int = 512) -> list
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.cell_size < 16:
+        print(f"stylepipe compare: error: --cell-size {args.cell_size} is too small (at least 16)", file=sys.stderr)
+        return 2
     try:
         revs = compare(args.repo, default_revisions(list(args.revisions)), args.max_image_size)
     except CompareError as err:
