@@ -229,3 +229,22 @@ def test_folder_input_resizes_and_crops(setup):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (2, 3, 24, 24) and batch.dtype == torch.uint8
+
+
+def test_style_image_keeps_aspect_and_module_configures_schedules(setup):
+    from stylepipe.module import StyleTransferModule, load_style_image
+
+    style = load_style_image(setup / "style.png", 35)  # 70×40 → long edge 35
+    assert style.shape == (1, 3, 20, 35) and style.dtype == torch.float32 and style.max() > 1
+    vgg = {k[len("features."):]: v for k, v in random_state_dict(0).items()}
+    module = StyleTransferModule(style, vgg, lr_schedule="cosine", max_steps=10, tv_weight=1e-3)
+    assert module.hparams.tv_weight == 1e-3 and "style_image" not in module.hparams
+    assert module.style_grams["relu4_3"].shape == (1, 512, 512)
+    config = module.configure_optimizers()
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
+    losses, stylized = module.losses(torch.rand(2, 3, 16, 16) * 255)
+    assert stylized.shape == (2, 3, 16, 16) and losses["tv_loss"] > 0
+    parts = sum(losses[k].item() for k in ("content_loss", "style_loss", "tv_loss"))
+    assert losses["total_loss"].item() == pytest.approx(parts, rel=1e-5)
+    with pytest.raises(ValueError, match="style_layer_weights"):
+        StyleTransferModule(style, vgg, style_layer_weights=[1.0])
