@@ -248,3 +248,22 @@ def test_style_image_keeps_aspect_and_module_configures_schedules(setup):
     assert losses["total_loss"].item() == pytest.approx(parts, rel=1e-5)
     with pytest.raises(ValueError, match="style_layer_weights"):
         StyleTransferModule(style, vgg, style_layer_weights=[1.0])
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_ddp_resume_equals_uninterrupted(setup):
+    """strategy ddp (gloo) with 2 processes: rank 0 writes, SIGTERM + resume still bit for bit."""
+    params = yaml.safe_load((setup / "params.yaml").read_text())
+    params["train"].update(accelerator="cpu", devices=2, strategy="ddp", max_steps=6)
+    ddp_root = setup / "ddp"
+    ddp_root.mkdir()
+    (ddp_root / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in ("content", "style.png", "vgg16_features.pth"):
+        (ddp_root / name).symlink_to(setup / name)
+    train(ddp_root, "full")
+    summary = yaml.safe_load((ddp_root / "full" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["images_seen"] == 6 * 2 * 2
+    stopped = train_interrupted(ddp_root, "cut", signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    train(ddp_root, "cut")
+    assert_identical(ddp_root / "full" / "waves.pth", ddp_root / "cut" / "waves.pth")
