@@ -51,7 +51,10 @@ def run(*cmd: str, cwd: Path) -> str:
 def history(tmp_path_factory) -> dict:
     """Commit A: the shared tiny Snakemake run, recorded by `dvc commit`; B: `dvc repro` with waves' style weight x5."""
     repo = tmp_path_factory.mktemp("history")
-    shutil.copytree(snakemake_workspace(tmp_path_factory), repo, symlinks=True, dirs_exist_ok=True)
+    source = snakemake_workspace(tmp_path_factory)
+    # scratch (resume checkpoints) and Snakemake's state are neither git's nor DVC's business
+    skip = lambda folder, names: {"scratch", ".snakemake"} & set(names) if Path(folder) == source else set()  # noqa: E731
+    shutil.copytree(source, repo, symlinks=True, dirs_exist_ok=True, ignore=skip)
     run("dvc", "commit", "-q", "-f", cwd=repo)
     run("git", "add", "-A", cwd=repo)
     run("git", "commit", "-q", "-m", SUBJECTS["A"], cwd=repo)
