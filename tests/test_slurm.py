@@ -9,8 +9,10 @@ without one these tests skip (and fail when CI=true).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -66,15 +68,35 @@ def tool_env(slurm: dict) -> dict:
     return {**slurm, "PATH": f"{BIN}:{slurm.get('PATH', '')}"}
 
 
+def reference_train(root: Path, out: Path) -> subprocess.Popen:
+    """`long` trained here, never interrupted: the weights the preempted run must end with."""
+    cmd = ["stylepipe", "train", "--params", "params.yaml", "--style", "long", "--data", "data/resized",
+           "--style-image", "data/styles/long.png", "--loss-network", "data/models/vgg16_features.pth",
+           "--model", str(out / "long.pth"), "--scratch", str(out / "scratch")]
+    # as many torch threads as the Slurm job (Snakemake sets OMP_NUM_THREADS to the job's threads):
+    # on CPU the weights are equal bit for bit only when the sums run in the same order
+    threads = str(slurm_params()["resources"]["train"]["cpus_per_task"])
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=(out / "train.log").open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
 @dataclass
 class Preemption:
-    """Requeues the `long` training job once it has written a checkpoint."""
+    """Requeues the `long` training job once it has written a checkpoint.
+
+    As soon as that job is queued (its inputs are complete), the uninterrupted
+    reference training starts beside the cluster run.
+    """
 
     root: Path
     env: dict
     job_id: str | None = None
     checkpoints_then: list = field(default_factory=list)
     model_existed: bool = False
+    reference: subprocess.Popen | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
     def watch(self) -> None:
@@ -84,13 +106,31 @@ class Preemption:
                                    text=True, timeout=15).stdout
             for line in queue.splitlines():
                 job, state, comment, workdir = line.split("|", 3)
-                if (comment == "rule_train_wildcards_long" and state == "RUNNING"
-                        and Path(workdir).resolve() == self.root.resolve() and list(scratch.glob("step*.ckpt"))):
+                if comment != "rule_train_wildcards_long" or Path(workdir).resolve() != self.root.resolve():
+                    continue
+                if self.reference is None:
+                    self.reference = reference_train(self.root, self.reference_dir)
+                if state == "RUNNING" and list(scratch.glob("step*.ckpt")):
                     self.checkpoints_then = sorted(p.name for p in scratch.glob("*.ckpt"))
                     self.model_existed = (self.root / "results/models/long.pth").exists()
                     subprocess.run(["scontrol", "requeue", job], env=self.env, check=True, timeout=15)
                     self.job_id = job
             time.sleep(0.2)
+
+    @property
+    def reference_dir(self) -> Path:
+        return self.root.parent / f"{self.root.name}-reference"
+
+    def reference_result(self, timeout: float) -> Path:
+        assert self.reference is not None, "the reference training never started"
+        try:
+            rc = self.reference.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.reference.pid, signal.SIGKILL)
+            raise AssertionError(f"reference training still running after {timeout:.0f} s")
+        out = self.reference_dir
+        assert rc == 0, (out / "train.log").read_text()[-4000:]
+        return out / "long.pth"
 
 
 @dataclass
@@ -117,7 +157,7 @@ def cluster() -> dict:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory) -> Run:
+def slurm_run(cluster, tmp_path_factory):
     root = workspace(tmp_path_factory.mktemp("slurm-run"), slurm_params())
     env = tool_env(cluster)
     preemption = Preemption(root, env)
@@ -131,8 +171,11 @@ def slurm_run(cluster, tmp_path_factory) -> Run:
         preemption.stop.set()
         watcher.join()
     run = Run(root, env, proc, time.monotonic() - start, preemption)
+    (root / "snakemake-output.log").write_text(proc.stdout)  # for a look after a failure
     print(f"snakemake --profile slurm: {run.seconds:.0f} s")
-    return run
+    yield run
+    if preemption.reference is not None and preemption.reference.poll() is None:
+        os.killpg(preemption.reference.pid, signal.SIGKILL)
 
 
 def test_every_job_completes(slurm_run):
@@ -169,7 +212,7 @@ def test_models_are_byte_identical_to_a_local_run(slurm_run, tmp_path_factory):
             (local / f"results/models/{style}.pth").read_bytes(), style
 
 
-def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_run, tmp_path):
+def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_run):
     preemption, root = slurm_run.preemption, slurm_run.root
     assert preemption.job_id, "the `long` training job was never seen running with a checkpoint"
     assert not preemption.model_existed, "requeued after training had finished: not mid-training"
@@ -180,18 +223,9 @@ def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_ru
         assert record["JobState"] == "COMPLETED", record
     assert "resuming from" in (root / "logs/train/long.log").read_text()
 
-    # the same training, never interrupted, here and now
-    cmd = ["stylepipe", "train", "--params", "params.yaml", "--style", "long", "--data", "data/resized",
-           "--style-image", "data/styles/long.png", "--loss-network", "data/models/vgg16_features.pth",
-           "--model", str(tmp_path / "long.pth"), "--scratch", str(tmp_path / "scratch")]
-    # as many torch threads as the Slurm job had (Snakemake sets OMP_NUM_THREADS to the job's threads):
-    # another count sums in another order, and on CPU the weights are equal bit for bit only with the same
-    threads = str(slurm_params()["resources"]["train"]["cpus_per_task"])
-    env = {**slurm_run.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    proc = run_limited(cmd, cwd=root, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:]
+    reference = preemption.reference_result(timeout=300)
     resumed = torch.load(root / "results/models/long.pth", weights_only=True)
-    uninterrupted = torch.load(tmp_path / "long.pth", weights_only=True)
+    uninterrupted = torch.load(reference, weights_only=True)
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         assert torch.equal(resumed[key], uninterrupted[key]), key
