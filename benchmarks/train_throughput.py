@@ -107,6 +107,8 @@ class Ours:
         self.module = StyleTransferModule(style, vgg_state, channels_last=channels_last)
         self.optimizer = self.module.configure_optimizers()
         self.bf16 = bf16
+        if bf16:
+            self.module.cast_loss_network(torch.bfloat16)  # what the module's setup() does under bf16-mixed
 
     def step(self, batch):
         self.optimizer.zero_grad(set_to_none=True)

@@ -83,6 +83,17 @@ class StyleTransferModule(pl.LightningModule):
         own = {f"loss_network.{k}": v for k, v in self.loss_network.state_dict().items()}
         checkpoint["state_dict"] = {**own, **checkpoint["state_dict"]}
 
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        if precision in ("bf16-mixed", "16-mixed"):
+            self.cast_loss_network(torch.bfloat16 if precision.startswith("bf16") else torch.float16)
+
+    def cast_loss_network(self, dtype: torch.dtype) -> None:
+        """Keep the frozen VGG in the autocast dtype: the same numbers, without re-casting its weights every step."""
+        self.loss_network.to(dtype)
+        self.loss_network.mean.data = self.loss_network.mean.float()
+        self.loss_network.std.data = self.loss_network.std.float()
+
     @property
     def style_grams(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"style_gram_{name}") for name in self.style_layers}
