@@ -76,7 +76,10 @@ def run_limited(cmd: list[str], *, cwd: Path, env: dict, timeout: float) -> subp
 
 def cancel_jobs_of(workdir: Path, env: dict) -> None:
     """Cancel the Slurm jobs whose working directory is ``workdir`` (and only those)."""
-    proc = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], env=env, capture_output=True, text=True, timeout=15)
+    try:
+        proc = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], env=env, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):  # no Slurm here, or no answer: nothing we can cancel
+        return
     ids = [line.split("|")[0] for line in proc.stdout.splitlines()
            if "|" in line and Path(line.split("|", 1)[1]).resolve() == Path(workdir).resolve()]
     if ids:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from slurm_cluster import run_limited
 
 BIN = Path(sys.executable).parent
 CHECKOUT = ("Snakefile", "workflow", "report", "profiles", "slurm", "params.yaml", "config")
@@ -48,8 +48,8 @@ def dry_run(root: Path, *args: str, env: dict | None = None) -> str:
             os.symlink(found, tools / tool)
     env = {"HOME": os.environ.get("HOME", str(root)), "PATH": f"{BIN}{os.pathsep}{tools}", "LANG": "C.UTF-8",
            **(env or {})}
-    proc = subprocess.run(["snakemake", *args, "-n"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    out = proc.stdout + proc.stderr
+    proc = run_limited(["snakemake", *args, "-n"], cwd=root, env=env, timeout=120)
+    out = proc.stdout
     assert proc.returncode == 0, out[-4000:]
     return out
 
