@@ -7,12 +7,13 @@ of our step (which optimisations help), `lightning_overhead` (the Lightning
 Trainer against a bare loop running the identical step) and, last,
 `speedup_vs_reference` (our default configuration from params.yaml vs the reference).
 
-    python benchmarks/train_throughput.py [--size 96] [--steps 2] [--rounds 2]
+    python benchmarks/train_throughput.py [--size 96] [--steps 2] [--rounds 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 from collections import namedtuple
@@ -126,7 +127,7 @@ def timed(fn, batches) -> float:
 
 
 def lightning_vs_bare(vgg_state, style, batches, bf16: bool, channels_last: bool, rounds: int) -> float:
-    """Per-step time of Trainer.fit over the bare loop running the identical step, in percent."""
+    """Per-step time of Trainer.fit over the bare loop running the identical step, in percent (median of rounds)."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
@@ -137,19 +138,19 @@ def lightning_vs_bare(vgg_state, style, batches, bf16: bool, channels_last: bool
             self.end = time.perf_counter()
 
     data = torch.cat(batches)
+    batch_size = batches[0].shape[0]
     n_steps = len(batches)
-    bare_t = light_t = 0.0
-    for _ in range(rounds):
-        ours = Ours(vgg_state, style, 0, bf16, channels_last)
-        loader = DataLoader(data, batch_size=batches[0].shape[0])
-        ours.step(batches[0])
-        start = time.perf_counter()
-        for i, batch in enumerate(loader):
-            if i == n_steps - 1:
-                break
-            ours.step(batch)
-        bare_t += time.perf_counter() - start
 
+    def bare() -> float:
+        ours = Ours(vgg_state, style, 0, bf16, channels_last)
+        loader = iter(DataLoader(data, batch_size=batch_size))
+        ours.step(next(loader))
+        start = time.perf_counter()
+        for batch in loader:
+            ours.step(batch)
+        return time.perf_counter() - start
+
+    def lightning() -> float:
         module = StyleTransferModule(style, vgg_state, channels_last=channels_last)
         clock = Clock()
         trainer = pl.Trainer(
@@ -157,9 +158,15 @@ def lightning_vs_bare(vgg_state, style, batches, bf16: bool, channels_last: bool
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock],
         )
-        trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=batches[0].shape[0]))
-        light_t += clock.end - clock.start
-    return 100.0 * (light_t - bare_t) / bare_t
+        trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=batch_size))
+        return clock.end - clock.start
+
+    ratios = []
+    for r in range(rounds):
+        order = [bare, lightning] if r % 2 == 0 else [lightning, bare]
+        times = {fn.__name__: fn() for fn in order}
+        ratios.append(times["lightning"] / times["bare"])
+    return 100.0 * (statistics.median(ratios) - 1.0)
 
 
 def main() -> None:
@@ -167,7 +174,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="image size (pytorch/examples: 256; smaller keeps this short on a CPU)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -191,23 +198,26 @@ def main() -> None:
     }
     for v in variants.values():
         v.step(batches[0])  # warm-up
-    totals = dict.fromkeys(variants, 0.0)
-    for _ in range(args.rounds):
-        for name, v in variants.items():
-            totals[name] += timed(v.step, batches)
-    n_images = args.rounds * args.steps * args.batch_size
-    rate = {name: n_images / t for name, t in totals.items()}
-    ref_name = next(iter(variants))
+    # rounds in rotating order; medians of per-round figures resist the load of a shared machine
+    names = list(variants)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            per_round[name].append(timed(variants[name].step, batches))
+    ref_name = names[0]
+    images = args.steps * args.batch_size
+    rate = {name: images / statistics.median(t) for name, t in per_round.items()}
+    speedup = {name: statistics.median(tr / tv for tr, tv in zip(per_round[ref_name], per_round[name])) for name in names}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch_size}, "
-          f"{args.rounds}x{args.steps} steps per variant")
-    for name, r in rate.items():
-        print(f"{name:<72} {r:7.2f} images/s  ({r / rate[ref_name]:.2f}x)")
+          f"{args.rounds} rounds x {args.steps} steps per variant (medians)")
+    for name in names:
+        print(f"{name:<72} {rate[name]:7.2f} images/s  ({speedup[name]:.2f}x)")
     default_name = {(False, False): "ours fp32, content target without autograd", (False, True): "ours fp32 + channels_last",
                     (True, False): "ours bf16 autocast", (True, True): "ours bf16 autocast + channels_last"}[default]
     overhead = lightning_vs_bare(vgg_state, style, batches * 3, *default, rounds=args.rounds)
     print(f"default configuration (params.yaml): {default_name}")
     print(f"lightning_overhead: {overhead:.1f}%")
-    print(f"speedup_vs_reference: {rate[default_name] / rate[ref_name]:.2f}")
+    print(f"speedup_vs_reference: {speedup[default_name]:.2f}")
 
 
 if __name__ == "__main__":
