@@ -214,7 +214,7 @@ def main() -> None:
         print(f"{name:<72} {rate[name]:7.2f} images/s  ({speedup[name]:.2f}x)")
     default_name = {(False, False): "ours fp32, content target without autograd", (False, True): "ours fp32 + channels_last",
                     (True, False): "ours bf16 autocast", (True, True): "ours bf16 autocast + channels_last"}[default]
-    overhead = lightning_vs_bare(vgg_state, style, batches * 3, *default, rounds=args.rounds)
+    overhead = lightning_vs_bare(vgg_state, style, batches * 3, *default, rounds=max(6, args.rounds))
     print(f"default configuration (params.yaml): {default_name}")
     print(f"lightning_overhead: {overhead:.1f}%")
     print(f"speedup_vs_reference: {speedup[default_name]:.2f}")
