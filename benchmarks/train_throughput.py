@@ -192,9 +192,9 @@ def main() -> None:
     variants = {
         "reference (pytorch/examples: fp32, eager, content target with autograd)": Reference(vgg_state, style, 0),
         "ours fp32, content target without autograd": Ours(vgg_state, style, 0, False, False),
-        "ours fp32 + channels_last": Ours(vgg_state, style, 0, False, True),
+        "ours fp32 + channels_last (VGG)": Ours(vgg_state, style, 0, False, True),
         "ours bf16 autocast": Ours(vgg_state, style, 0, True, False),
-        "ours bf16 autocast + channels_last": Ours(vgg_state, style, 0, True, True),
+        "ours bf16 autocast + channels_last (VGG)": Ours(vgg_state, style, 0, True, True),
     }
     for v in variants.values():
         v.step(batches[0])  # warm-up
@@ -212,8 +212,8 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} steps per variant (medians)")
     for name in names:
         print(f"{name:<72} {rate[name]:7.2f} images/s  ({speedup[name]:.2f}x)")
-    default_name = {(False, False): "ours fp32, content target without autograd", (False, True): "ours fp32 + channels_last",
-                    (True, False): "ours bf16 autocast", (True, True): "ours bf16 autocast + channels_last"}[default]
+    default_name = {(False, False): "ours fp32, content target without autograd", (False, True): "ours fp32 + channels_last (VGG)",
+                    (True, False): "ours bf16 autocast", (True, True): "ours bf16 autocast + channels_last (VGG)"}[default]
     overhead = lightning_vs_bare(vgg_state, style, batches * 3, *default, rounds=max(6, args.rounds))
     print(f"default configuration (params.yaml): {default_name}")
     print(f"lightning_overhead: {overhead:.1f}%")

@@ -70,7 +70,9 @@ class StyleTransferModule(pl.LightningModule):
             # [1, C, C]; recomputed from the style image on every start, so not saved
             self.register_buffer(f"style_gram_{name}", gram_matrix(features[name]), persistent=False)
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            # the VGG only: InstanceNorm views its input as [1, B·C, H, W], which forces a
+            # channels_last tensor back to contiguous at each of the TransformerNet's 15 norms
+            self.loss_network.to(memory_format=torch.channels_last)
 
     # -- checkpoints hold the transformer only; the loss network comes from its file
     fingerprint: str | None = None  # set by `stylepipe train`: which configuration wrote a checkpoint
@@ -102,10 +104,7 @@ class StyleTransferModule(pl.LightningModule):
         return self.transformer(images)
 
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
-        images = batch.float()  # batches arrive as uint8: 4× less to copy to the device
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return batch.float()  # batches arrive as uint8: 4× less to copy to the device
 
     def losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         stylized = self.transformer(images)
