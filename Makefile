@@ -25,7 +25,7 @@ demo: setup
 # Default test run (about 10 minutes on 2 cores). Slurm tests run when a cluster is up
 # (scripts/slurm-cluster.sh up) and skip with the reason otherwise; slow tests are opt-in.
 test: setup
-	pytest -m "not slow"
+	pytest -m "not slow" --durations=15
 
 test-all: setup
 	pytest
