@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from stylepipe.cli import main as cli
 from stylepipe.data.images import ImageError, load_rgb
-from stylepipe.data.resize import list_files, resize_file, resize_folder
+from stylepipe.data.resize import list_files, list_members, resize_file, resize_folder
 from stylepipe.data.shards import ShardReader
 
 N = 16
@@ -185,3 +186,46 @@ def test_nothing_usable_is_an_error_and_writes_nothing(tmp_path, capsys):
 def test_missing_input_folder_names_the_fix(tmp_path, capsys):
     assert cli(["resize", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--size", "8"]) == 1
     assert "stylepipe fetch content" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def zipped(inputs, tmp_path_factory) -> Path:
+    """The same files as ``inputs`` in a zip, in scrambled order, with the folder
+    entries, hidden files and macOS resource forks real zips carry."""
+    path = tmp_path_factory.mktemp("zip") / "content.zip"
+    files = [f for f in inputs.rglob("*") if f.is_file()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("nested/", b"")
+        for f in sorted(files, reverse=True):
+            zf.write(f, f.relative_to(inputs).as_posix())
+        zf.writestr("__MACOSX/._a_rgb.jpg", b"resource fork")
+        zf.writestr("nested/.DS_Store", b"finder")
+    return path
+
+
+def test_zip_lists_files_only(zipped):
+    members = list_members(zipped)
+    assert members == sorted(KEPT | set(SKIPPED))
+
+
+def test_zip_input_gives_the_same_shards_as_the_folder(resized, zipped, tmp_path):
+    out = tmp_path / "z2"
+    assert cli(["resize", "--input", str(zipped), "--output", str(out), "--size", str(N),
+                "--workers", "2", "--images-per-shard", "4"]) == 0
+    manifest = ShardReader(out).manifest
+    assert {s["file"] for s in manifest["skipped"]} == set(SKIPPED)  # bad images inside the zip: skipped, listed
+    for item in manifest["skipped"]:
+        assert SKIPPED[item["file"]] in item["reason"], item
+    names = sorted(p.name for p in resized[0].iterdir())
+    assert names == sorted(p.name for p in out.iterdir())
+    for name in names:
+        assert (resized[0] / name).read_bytes() == (out / name).read_bytes(), name
+    one = resize_folder(zipped, tmp_path / "z1", N, workers=1, per_shard=4, progress=False)
+    assert one == manifest
+
+
+def test_a_file_that_is_not_a_zip_is_a_clear_error(inputs, tmp_path, capsys):
+    assert cli(["resize", "--input", str(inputs / "a_rgb.jpg"), "--output", str(tmp_path / "o"), "--size", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "a_rgb.jpg: not a zip file" in err and "folder" in err
+    assert not (tmp_path / "o").exists()

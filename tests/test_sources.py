@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -33,9 +34,17 @@ def _fetch(*args: str) -> int:
 def test_content_skimage_eval_and_generated_styles(tiny_params_file, tmp_path):
     p = str(tiny_params_file)
     dl = ["--downloads", str(tmp_path / "dl")]
-    assert _fetch("content", "--params", p, "--output", str(tmp_path / "content"), *dl) == 0
+    content = tmp_path / "content.zip"
+    assert _fetch("content", "--params", p, "--output", str(content), *dl) == 0
     names = yaml.safe_load(tiny_params_file.read_text())["data"]["content"]["skimage"]
-    assert sorted(f.stem for f in (tmp_path / "content").iterdir()) == sorted(names)
+    with zipfile.ZipFile(content) as zf:
+        infos = zf.infolist()
+    assert sorted(Path(i.filename).stem for i in infos) == sorted(names)
+    assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+    assert {(i.compress_type, i.date_time) for i in infos} == {(zipfile.ZIP_STORED, (1980, 1, 1, 0, 0, 0))}
+    # a second fetch gives the same bytes: DVC sees an unchanged output
+    assert _fetch("content", "--params", p, "--output", str(tmp_path / "again.zip"), *dl) == 0
+    assert (tmp_path / "again.zip").read_bytes() == content.read_bytes()
 
     assert _fetch("eval", "--params", p, "--output", str(tmp_path / "eval"), *dl) == 0
     for name in ("astronaut", "chelsea", "coffee", "rocket"):
@@ -51,7 +60,7 @@ def test_content_skimage_eval_and_generated_styles(tiny_params_file, tmp_path):
     assert not (tmp_path / "dl").exists()  # nothing was downloaded
 
     # what resize finds in the fetched content
-    manifest = resize_folder(tmp_path / "content", tmp_path / "resized", 16, progress=False)
+    manifest = resize_folder(content, tmp_path / "resized", 16, progress=False)
     assert manifest["count"] == len(names) and manifest["skipped"] == []
 
 
@@ -91,25 +100,60 @@ def test_loss_network_imagenet_keeps_only_features_below_23(tmp_path):
     assert not (tmp_path / "bad.pth").exists()
 
 
-def test_content_zip_url_and_folder_sources(tmp_path):
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def test_content_zip_tar_url_and_folder_sources(tmp_path):
     photos = tmp_path / "photos" / "train2014"
     photos.mkdir(parents=True)
     for i in range(3):
         Image.new("RGB", (20, 20), (i * 80, 0, 0)).save(photos / f"{i}.jpg")
+    (photos / ".DS_Store").write_bytes(b"hidden")
+    expected = {f"train2014/{i}.jpg": (photos / f"{i}.jpg").read_bytes() for i in range(3)}
     archive = tmp_path / "train.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        for f in sorted(photos.iterdir()):
-            zf.write(f, f"train2014/{f.name}")
+        for i in range(3):
+            zf.write(photos / f"{i}.jpg", f"train2014/{i}.jpg")
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    dl = ["--downloads", str(tmp_path / "dl")]
 
+    # a zip download is the output as is (hard-linked from the cache)
     url_params = _params(tmp_path, content={"url": archive.as_uri(), "md5": md5})
-    assert _fetch("content", "--params", str(url_params), "--output", str(tmp_path / "c1"),
-                  "--downloads", str(tmp_path / "dl")) == 0
-    assert sorted(p.name for p in (tmp_path / "c1" / "train2014").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert _fetch("content", "--params", str(url_params), "--output", str(tmp_path / "c1.zip"), *dl) == 0
+    assert (tmp_path / "c1.zip").read_bytes() == archive.read_bytes()
 
+    # a tar download is repacked: regular members only, into a zip
+    tar = tmp_path / "train.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        tf.add(photos.parent / "train2014", "train2014", filter=lambda m: None if m.name.endswith(".DS_Store") else m)
+        link = tarfile.TarInfo("train2014/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "0.jpg"
+        tf.addfile(link)
+    tar_params = _params(tmp_path, content={"url": tar.as_uri(), "md5": hashlib.md5(tar.read_bytes()).hexdigest()})
+    assert _fetch("content", "--params", str(tar_params), "--output", str(tmp_path / "c3.zip"), *dl) == 0
+    assert _members(tmp_path / "c3.zip") == expected
+
+    # a local folder is packed, hidden files left out, the same bytes every time
     folder_params = _params(tmp_path, content={"folder": str(tmp_path / "photos")})
-    assert _fetch("content", "--params", str(folder_params), "--output", str(tmp_path / "c2")) == 0
-    assert (tmp_path / "c2" / "train2014" / "1.jpg").read_bytes() == (photos / "1.jpg").read_bytes()
+    assert _fetch("content", "--params", str(folder_params), "--output", str(tmp_path / "c2.zip")) == 0
+    assert _members(tmp_path / "c2.zip") == expected
+    assert _fetch("content", "--params", str(folder_params), "--output", str(tmp_path / "c4.zip")) == 0
+    assert (tmp_path / "c4.zip").read_bytes() == (tmp_path / "c2.zip").read_bytes()
+    assert (tmp_path / "c4.zip").read_bytes() == (tmp_path / "c3.zip").read_bytes()  # same files, same zip
+
+
+def test_content_tar_with_escaping_member_is_refused(tmp_path, capsys):
+    tar = tmp_path / "evil.tar"
+    with tarfile.open(tar, "w") as tf:
+        info = tarfile.TarInfo("../outside.jpg")
+        tf.addfile(info)
+    p = _params(tmp_path, content={"url": tar.as_uri(), "md5": hashlib.md5(tar.read_bytes()).hexdigest()})
+    assert _fetch("content", "--params", str(p), "--output", str(tmp_path / "c.zip"),
+                  "--downloads", str(tmp_path / "dl")) == 1
+    assert "escapes" in capsys.readouterr().err
+    assert not (tmp_path / "c.zip").exists()
 
 
 def test_eval_from_file_and_url_with_checksum(tmp_path, capsys):
@@ -134,7 +178,7 @@ def test_eval_from_file_and_url_with_checksum(tmp_path, capsys):
 
 def test_unknown_skimage_sample_lists_the_bundled_ones(tmp_path, capsys):
     p = _params(tmp_path, content={"skimage": ["astronaut", "no_such_sample"]})
-    assert _fetch("content", "--params", str(p), "--output", str(tmp_path / "c")) == 1
+    assert _fetch("content", "--params", str(p), "--output", str(tmp_path / "c.zip")) == 1
     err = capsys.readouterr().err
     assert "no_such_sample" in err and "astronaut" in err and "data.content.skimage" in err
-    assert not (tmp_path / "c").exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["params.yaml"]  # no zip, no temp file left

@@ -8,6 +8,7 @@ on what an image looks like and on what counts as unreadable.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -37,23 +38,30 @@ def max_pixels_default() -> int:
     return int(value) if value else DEFAULT_MAX_PIXELS
 
 
-def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
-    """Open ``path`` lazily (header only) after the empty-file and bomb checks."""
+def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes | None = None) -> Image.Image:
+    """Open ``path`` lazily (header only) after the empty-file and bomb checks.
+
+    With ``data`` (a zip member's bytes), the image is read from it and
+    ``path`` only names it in errors.
+    """
     path = Path(path)
     limit = max_pixels_default() if max_pixels is None else max_pixels
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise ImageError(path, f"cannot read: {err.strerror or err}") from err
+    if data is None:
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise ImageError(path, f"cannot read: {err.strerror or err}") from err
+    else:
+        size = len(data)
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; a warning is a refusal here
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path if data is None else io.BytesIO(data))
     except UnidentifiedImageError as err:
-        kind = _signature(path)
+        kind = _signature(path, data)
         if kind:
             raise ImageError(path, f"corrupt image: starts like a {kind} file but cannot be read") from err
         raise ImageError(path, "not an image (unrecognised format)") from err
@@ -84,10 +92,13 @@ _SIGNATURES = {
 }
 
 
-def _signature(path: Path) -> str | None:
+def _signature(path: Path, data: bytes | None = None) -> str | None:
     """The format a file's first bytes announce, to tell corrupt from not-an-image."""
-    with open(path, "rb") as f:
-        head = f.read(8)
+    if data is not None:
+        head = data[:8]
+    else:
+        with open(path, "rb") as f:
+            head = f.read(8)
     return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
