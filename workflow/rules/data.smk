@@ -5,7 +5,7 @@
 
 rule fetch_content:
     output:
-        directory("data/raw/content"),
+        "data/raw/content.zip",
     log:
         "logs/fetch_content.log",
     params:
@@ -53,7 +53,7 @@ rule fetch_loss_network:
 
 rule resize:
     input:
-        "data/raw/content",
+        "data/raw/content.zip",
     output:
         directory("data/resized"),
     log:
