@@ -124,7 +124,8 @@ def test_stylized_images_and_gallery_grid(run):
             with Image.open(run / "results/stylized" / style / f"{name}.png") as image:
                 assert max(image.size) <= max_size
     with Image.open(run / "results/gallery.png") as gallery:
-        assert gallery.size == gallery_size(1 + len(STYLES), len(EVAL))
+        # a column for the style image, then one per evaluation image
+        assert gallery.size == gallery_size(1 + len(STYLES), 1 + len(EVAL))
 
 
 def test_training_curves_have_the_contract_columns(run):

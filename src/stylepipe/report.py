@@ -2,9 +2,9 @@
 
 ``results/metrics.json`` maps style → metrics, the file ``dvc metrics diff``
 compares across commits. The gallery is one picture: a header row with the
-evaluation (content) images, then one labelled row per style with its
-stylization of each. Styles and images are in name order, so the same inputs
-give the same bytes.
+evaluation (content) images, then one labelled row per style with its style
+image (when given) and its stylization of each. Styles and images are in name
+order, so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-style metrics files (results/metrics/STYLE.json); the stem names the style")
     parser.add_argument("--eval-images", required=True, type=Path, help="folder of evaluation (content) images")
     parser.add_argument("--stylized-root", required=True, type=Path, help="folder holding one folder of stylized images per style")
+    parser.add_argument("--style-images", nargs="*", default=[], type=Path,
+                        help="style images (data/styles/STYLE.png), shown in the first column of each style's row")
     parser.add_argument("--output", required=True, type=Path, help="all styles' metrics (JSON)")
     parser.add_argument("--gallery", required=True, type=Path, help="gallery image (PNG)")
 
@@ -54,26 +56,34 @@ def _thumbnail(path: Path) -> Image.Image:
         return ImageOps.contain(image.convert("RGB"), (CELL, CELL), method=Image.Resampling.LANCZOS)
 
 
-def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str]) -> Image.Image:
-    """Rows: content images, then one row per style; columns: evaluation images."""
+def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
+                 style_images: dict[str, Path] | None = None) -> Image.Image:
+    """Rows: content images, then one row per style; columns: the style image
+    (when ``style_images`` is given), then the evaluation images."""
     content = sorted(p for p in eval_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not content:
         raise FileNotFoundError(f"{eval_dir}: no evaluation images")
-    rows = [("content", content)]
+    if style_images:
+        missing = [s for s in styles if s not in style_images]
+        if missing:
+            raise FileNotFoundError(f"no style image given for {', '.join(missing)}: pass data/styles/STYLE.png")
+    rows: list[tuple[str, list[Path | None]]] = [("content", ([None] if style_images else []) + content)]
     for style in styles:
         stylized = [stylized_root / style / f"{p.stem}.png" for p in content]
         missing = [str(p) for p in stylized if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"stylized images missing: {', '.join(missing)}; run `stylepipe stylize` for {style}")
-        rows.append((style, stylized))
+        rows.append((style, ([style_images[style]] if style_images else []) + stylized))
 
-    canvas = Image.new("RGB", gallery_size(len(rows), len(content)), BACKGROUND)
+    canvas = Image.new("RGB", gallery_size(len(rows), len(rows[0][1])), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=16)
     for r, (label, paths) in enumerate(rows):
         top = PAD + r * (CELL + PAD)
         draw.text((PAD, top + CELL // 2), label, fill=TEXT, font=font, anchor="lm")
         for c, path in enumerate(paths):
+            if path is None:  # the header row has no style image
+                continue
             thumb = _thumbnail(path)
             left = LABEL_WIDTH + PAD + c * (CELL + PAD)
             # centre the thumbnail in its cell
@@ -83,7 +93,11 @@ def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str]) -> Imag
 
 def main(args: argparse.Namespace) -> int:
     metrics = collect_metrics(args.metrics)
-    gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics))
+    style_images = {p.stem: p for p in args.style_images}
+    for path in args.style_images:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: style image missing; run `stylepipe fetch style` for {path.stem}")
+    gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics), style_images or None)
     with atomic_path(args.gallery) as tmp:
         gallery.save(tmp, format="PNG")
     write_json(args.output, metrics)

@@ -113,6 +113,7 @@ rule report:
         metrics=expand("results/metrics/{style}.json", style=sorted(STYLES)),
         eval_images="data/eval",
         stylized=expand("results/stylized/{style}", style=sorted(STYLES)),
+        style_images=expand("data/styles/{style}.png", style=sorted(STYLES)),
     output:
         metrics=report("results/metrics.json", caption="../../report/metrics.rst", category="Metrics"),
         gallery=report("results/gallery.png", caption="../../report/gallery.rst", category="Gallery"),
@@ -123,5 +124,6 @@ rule report:
         stylized_root=lambda wildcards, input: os.path.dirname(input.stylized[0]),
     shell:
         "stylepipe report --metrics {input.metrics} --eval-images {input.eval_images}"
-        " --stylized-root {params.stylized_root} --output {output.metrics} --gallery {output.gallery}"
+        " --stylized-root {params.stylized_root} --style-images {input.style_images}"
+        " --output {output.metrics} --gallery {output.gallery}"
         " > {log} 2>&1"
