@@ -37,6 +37,13 @@ def test_gram_matrix(feats):
     assert got.shape == (2, 4, 4)
 
 
+def test_gram_matrix_of_channels_last_features(feats):
+    # the loss network runs channels_last: its Gram takes another route, same numbers
+    f = torch.from_numpy(feats["x"]["relu1_2"])
+    got = gram_matrix(f.contiguous(memory_format=torch.channels_last)).numpy()
+    np.testing.assert_allclose(got, np_gram(feats["x"]["relu1_2"]), rtol=1e-5, atol=1e-6)
+
+
 def test_content_loss_is_mean_squared_error(feats):
     x, y = feats["x"], feats["y"]
     expected = np.mean((x["relu2_2"].astype(np.float64) - y["relu2_2"]) ** 2)

@@ -100,6 +100,18 @@ def test_output_keeps_input_size(size):
     assert y.shape == x.shape
 
 
+def test_activations_stay_bf16_under_cpu_autocast():
+    # CPU autocast would run reflection padding in float32: two casts per layer
+    net, seen = _seeded_net(), []
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        net(torch.rand(1, 3, 16, 16) * 255)
+    # float32 only for the input image itself
+    assert seen == [torch.float32] + [torch.bfloat16] * 15
+
+
 def test_our_weights_load_into_pytorch_examples_net():
     ours = _seeded_net()
     ref = RefTransformerNet().eval()

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] → [B, C, C], normalised by C·H·W. Computed in fp32."""
     b, c, h, w = features.shape
+    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+        # channels_last: [B, H·W, C] is a free view, where [B, C, H·W] would be a copy
+        flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c).float()
+        return torch.bmm(flat.transpose(1, 2), flat) / (c * h * w)
     flat = features.reshape(b, c, h * w).float()
     return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
 

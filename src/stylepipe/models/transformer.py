@@ -19,6 +19,19 @@ from torch import nn
 _LEGACY_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def reflection_pad(pad: nn.ReflectionPad2d, x: torch.Tensor) -> torch.Tensor:
+    """``pad(x)`` in ``x``'s own dtype.
+
+    CPU autocast runs reflection padding in float32, which costs two full-size
+    casts per layer (to float32 and back for the next convolution) for an op
+    that only copies values.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return pad(x)
+    return pad(x)
+
+
 class ConvLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
         super().__init__()
@@ -26,7 +39,7 @@ class ConvLayer(nn.Module):
         self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2d(self.reflection_pad(x))
+        return self.conv2d(reflection_pad(self.reflection_pad, x))
 
 
 class ResidualBlock(nn.Module):
@@ -55,7 +68,7 @@ class UpsampleConvLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample:
             x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
-        return self.conv2d(self.reflection_pad(x))
+        return self.conv2d(reflection_pad(self.reflection_pad, x))
 
 
 class TransformerNet(nn.Module):
