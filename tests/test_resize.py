@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from stylepipe.cli import main as cli
-from stylepipe.data.images import ImageError, load_rgb
+from stylepipe.data.images import ImageError, jpeg_frame, load_rgb
 from stylepipe.data.resize import list_files, list_members, resize_file, resize_folder
 from stylepipe.data.shards import ShardReader
 
@@ -229,3 +229,72 @@ def test_a_file_that_is_not_a_zip_is_a_clear_error(inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "a_rgb.jpg: not a zip file" in err and "folder" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory) -> Path:
+    """JPEGs the direct (header parsed without Pillow) path takes, and ones it must leave to Pillow."""
+    d = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:48, 0:64]
+    smooth = np.stack([xx * 4, yy * 5, 255 - xx * 3], -1) + rng.integers(0, 20, (48, 64, 3))
+    photo = Image.fromarray(smooth.clip(0, 255).astype(np.uint8))
+    photo.save(d / "plain.jpg", quality=90)
+    photo.save(d / "progressive.jpg", quality=90, progressive=True)
+    photo.save(d / "restarts.jpg", quality=90, restart_marker_blocks=2)
+    photo.convert("L").save(d / "gray.jpg", quality=90)
+    _with_orientation(photo, d / "exif6.jpg", 6, quality=90)
+    _with_orientation(photo.resize((48, 64)), d / "exif8_portrait.jpg", 8, quality=90)
+    photo.convert("CMYK").save(d / "cmyk.jpg")
+    photo.save(d / "mpo.jpg", "MPO", save_all=True, append_images=[photo.rotate(90)])  # two pictures, one file
+    plain = (d / "plain.jpg").read_bytes()
+    dqt = plain.index(b"\xff\xdb")
+    (d / "bad_dqt.jpg").write_bytes(plain[: dqt + 3] + bytes((plain[dqt + 3] - 1,)) + plain[dqt + 4 :])
+    (d / "header_cut.jpg").write_bytes(plain[: plain.index(b"\xff\xc4")])
+    return d
+
+
+DIRECT = ["plain.jpg", "progressive.jpg", "restarts.jpg", "gray.jpg", "exif6.jpg", "exif8_portrait.jpg"]
+
+
+def test_jpeg_frame_reads_plain_headers_only(jpegs, inputs):
+    assert jpeg_frame((jpegs / "plain.jpg").read_bytes()) == (64, 48, 3)
+    assert jpeg_frame((jpegs / "gray.jpg").read_bytes()) == (64, 48, 1)
+    assert jpeg_frame((jpegs / "exif8_portrait.jpg").read_bytes()) == (48, 64, 3)  # as stored
+    for name in ["cmyk.jpg", "mpo.jpg", "bad_dqt.jpg", "header_cut.jpg"]:
+        assert jpeg_frame((jpegs / name).read_bytes()) is None, name
+    for name in ["b_gray.png", "v_zero.jpg", "w_notes.txt"]:
+        assert jpeg_frame((inputs / name).read_bytes()) is None, name
+
+
+@pytest.mark.parametrize("name", DIRECT)
+def test_direct_jpeg_path_gives_the_pillow_opened_result(jpegs, name, monkeypatch):
+    from stylepipe.data import resize
+
+    assert resize._direct_jpeg(jpegs / name, N, None, None) is not None
+    direct = resize_file(jpegs / name, N)
+    monkeypatch.setattr(resize, "_direct_jpeg", lambda *args: None)  # Pillow opens, the same decoder decodes
+    assert np.array_equal(direct, resize_file(jpegs / name, N))
+    monkeypatch.setattr(resize, "_jpeg_decoder", lambda: None)  # Pillow decodes, rotates and converts
+    pillow = resize_file(jpegs / name, N)
+    assert np.abs(direct.astype(int) - pillow.astype(int)).mean() < 2, name
+
+
+@pytest.mark.parametrize("name", ["cmyk.jpg", "mpo.jpg", "bad_dqt.jpg", "header_cut.jpg"])
+def test_jpegs_the_direct_path_declines_still_behave(jpegs, name):
+    data = (jpegs / name).read_bytes()
+    if name in ("bad_dqt.jpg", "header_cut.jpg"):
+        with pytest.raises(ImageError, match="corrupt|truncated"):
+            resize_file(jpegs / name, N)
+    else:
+        assert resize_file(jpegs / name, N).shape == (3, N, N)
+        assert np.array_equal(resize_file(jpegs / name, N), resize_file(name, N, data=data))
+
+
+def test_direct_jpeg_path_keeps_the_pixel_limit(jpegs):
+    with pytest.raises(ImageError, match="decompression bomb"):
+        resize_file(jpegs / "plain.jpg", N, max_pixels=64 * 48 - 1)
+    data = (jpegs / "plain.jpg").read_bytes()
+    with pytest.raises(ImageError, match="decompression bomb"):
+        resize_file("plain.jpg", N, max_pixels=64 * 48 - 1, data=data)
+    assert np.array_equal(resize_file("plain.jpg", N, data=data), resize_file(jpegs / "plain.jpg", N))

@@ -102,6 +102,75 @@ def _signature(path: Path, data: bytes | None = None) -> str | None:
     return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """The pixel count above which :func:`open_image` refuses an image: ours or
+    Pillow's own limit, whichever is lower (Pillow warns above its limit, and a
+    warning is a refusal)."""
+    limit = max_pixels_default() if max_pixels is None else max_pixels
+    pillow = Image.MAX_IMAGE_PIXELS
+    return limit if pillow is None else min(limit, pillow)
+
+
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2))  # baseline, extended sequential, progressive (Huffman)
+_JPEG_PLAIN = frozenset((0xC4, 0xDD, 0xFE, *range(0xE0, 0xF0)))  # DHT, DRI, COM, APPn
+
+
+def jpeg_frame(data: bytes | bytearray) -> tuple[int, int, int] | None:
+    """(width, height, components) of a plain 8-bit JPEG with 1 or 3 components,
+    read from its header without Pillow; None for anything else.
+
+    Plain means: SOI, then only well-formed APPn, COM, DQT, DHT, DRI segments
+    and one Huffman-coded frame before the first scan, all inside ``data``,
+    and none of the segments Pillow's header parser could trip on or turn
+    into another format (multi-picture MPF, Photoshop resources, short
+    JFIF/Adobe/ICC blocks). For None, :func:`open_image` decides as always,
+    so a header this accepts is one Pillow opens as an RGB or L JPEG.
+    """
+    end = len(data)
+    if end < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    frame = None
+    pos = 2
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        body, pos = pos + 4, pos + 2 + length
+        if length < 2 or pos > end:
+            return None
+        if marker == 0xDA:  # start of scan: the header is complete
+            return frame
+        n = length - 2
+        if marker in _JPEG_SOF:
+            components = data[body + 5] if n >= 6 else 0
+            if frame is not None or components not in (1, 3) or n != 6 + 3 * components or data[body] != 8:
+                return None
+            height, width = (data[body + 1] << 8) | data[body + 2], (data[body + 3] << 8) | data[body + 4]
+            if not width or not height:
+                return None
+            frame = (width, height, components)
+        elif marker == 0xDB:  # quantization tables must fill the segment exactly
+            q = body
+            while q < pos:
+                q += 65 if data[q] < 16 else 129
+            if q != pos:
+                return None
+        elif marker not in _JPEG_PLAIN:
+            return None
+        elif marker == 0xE0 and data[body : body + 4] == b"JFIF" and n < 12:
+            return None
+        elif marker == 0xE2 and (
+            data[body : body + 4] == b"MPF\0" or (data[body : body + 12] == b"ICC_PROFILE\0" and n < 14)
+        ):
+            return None
+        elif marker == 0xED and data[body : body + 14] == b"Photoshop 3.0\0":
+            return None
+        elif marker == 0xEE and data[body : body + 5] == b"Adobe" and n < 12:
+            return None
+    return None
+
+
 def decode(image: Image.Image, path: str | Path) -> Image.Image:
     """Decode the pixel data; truncated or corrupt data raises ImageError."""
     try:
