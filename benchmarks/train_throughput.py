@@ -72,16 +72,16 @@ def ref_normalize(batch):
 
 
 class Reference:
-    def __init__(self, vgg_state, style, seed):
+    def __init__(self, vgg_state, style, seed, device="cpu"):
         from stylepipe.models.vgg import _features
 
         features = _features()
         features.load_state_dict(vgg_state)
-        self.vgg = RefVgg16(features)
+        self.vgg = RefVgg16(features).to(device)
         torch.manual_seed(seed)
-        self.transformer = TransformerNet()
+        self.transformer = TransformerNet().to(device)
         self.optimizer = torch.optim.Adam(self.transformer.parameters(), 1e-3)
-        self.gram_style = [ref_gram(y) for y in self.vgg(ref_normalize(style.clone()))]
+        self.gram_style = [ref_gram(y) for y in self.vgg(ref_normalize(style.to(device, copy=True)))]
 
     def step(self, batch):
         x = batch.float()
@@ -104,18 +104,19 @@ class Reference:
 class Ours:
     """The LightningModule's own loss computation, in a bare loop."""
 
-    def __init__(self, vgg_state, style, seed, bf16: bool, channels_last: bool):
+    def __init__(self, vgg_state, style, seed, bf16: bool, channels_last: bool, device="cpu"):
         torch.manual_seed(seed)
-        self.module = StyleTransferModule(style, vgg_state, channels_last=channels_last)
+        self.module = StyleTransferModule(style, vgg_state, channels_last=channels_last).to(device)
         self.optimizer = self.module.configure_optimizers()
-        self.bf16 = bf16
+        self.bf16, self.device_type = bf16, torch.device(device).type
+        self.losses = self.module.losses  # torch.compile may replace it
         if bf16:
             self.module.cast_loss_network(torch.bfloat16)  # what the module's setup() does under bf16-mixed
 
     def step(self, batch):
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            losses, _ = self.module.losses(self.module._prepare(batch))
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            losses, _ = self.losses(self.module._prepare(batch))
         losses["total_loss"].backward()
         self.optimizer.step()
 

@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import jsonschema
 import yaml
 
 SOURCE_KEYS = ("url", "md5", "sha256", "file", "skimage", "generate")
@@ -59,21 +58,21 @@ def load_params(paths: Iterable[str | Path]) -> dict:
     return merged
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
+def _key_path(error: "jsonschema.ValidationError") -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
 _NUMBER_LIKE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def _hint(error: jsonschema.ValidationError) -> str:
+def _hint(error: "jsonschema.ValidationError") -> str:
     # YAML 1.1 (PyYAML, which Snakemake uses) reads 1e10 as a string.
     if isinstance(error.instance, str) and _NUMBER_LIKE.match(error.instance):
         return " (write numbers in exponent form with a dot and a sign, e.g. 1.0e+10: YAML 1.1 reads 1e10 as text)"
     return ""
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: "jsonschema.ValidationError") -> str:
     key = _key_path(error)
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
@@ -86,6 +85,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 def validate(params: Mapping, source: str = "params") -> None:
     """Validate merged params against the schema and the per-style rules."""
+    import jsonschema  # here: code that only builds a Trainer from params (benchmarks) runs without it
+
     schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
