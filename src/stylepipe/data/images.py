@@ -3,7 +3,9 @@
 COCO and photos from the web contain grayscale, CMYK, palette, alpha,
 16-bit and EXIF-rotated files next to truncated and broken ones. Every
 decoder in the project goes through :func:`open_image`, so they all agree
-on what an image looks like and on what counts as unreadable.
+on what an image looks like and on what counts as unreadable; the one
+shortcut, :func:`jpeg_frame` (``stylepipe resize``'s per-file fast path),
+accepts only headers that :func:`open_image` opens as RGB or L JPEGs.
 """
 
 from __future__ import annotations

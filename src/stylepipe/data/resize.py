@@ -13,8 +13,8 @@ Speed, without losing quality:
   once into a buffer the decoder uses in place, and is not opened by Pillow;
 - only the centre square is resampled, with PyTorch's vectorised uint8
   antialiased kernel (fed a packed channels-last copy, which it reads
-  faster than a strided view), rows first, then laid out channels-first for
-  the shards.
+  faster than a strided view), height first, then laid out channels-first
+  for the shards.
 
 Inputs are processed in sorted order and written by one process, so the
 output is byte-identical whatever ``--workers`` is. A zip input (COCO's
@@ -119,7 +119,7 @@ def _jpeg_decoder():
             op = getattr(torch.ops.image, "decode_jpeg", None)
             if op is not None:
                 # the registered op that decode_jpeg calls for one CPU tensor; the
-                # wrapper only adds a deprecation warning per call (~3 % of a decode)
+                # wrapper only adds a deprecation warning per call (~2 % of a decode)
                 def _decode(data: torch.Tensor) -> torch.Tensor:
                     return op(data, rgb.value, True)
             else:
