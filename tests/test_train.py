@@ -267,3 +267,20 @@ def test_two_cpu_processes_ddp_resume_equals_uninterrupted(setup):
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     train(ddp_root, "cut")
     assert_identical(ddp_root / "full" / "waves.pth", ddp_root / "cut" / "waves.pth")
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run(setup, uninterrupted):
+    # compile: true compiles the whole loss computation; same losses as eager, plain weight names
+    params = yaml.safe_load((setup / "params.yaml").read_text())
+    params["train"].update(compile=True, channels_last=True)
+    (setup / "compiled.yaml").write_text(yaml.safe_dump(params))
+    cmd = command(setup, "compiled")
+    cmd[cmd.index(str(setup / "params.yaml"))] = str(setup / "compiled.yaml")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    eager, compiled = (np.genfromtxt(run / "curves.csv", delimiter=",", names=True)
+                       for run in (uninterrupted, setup / "compiled"))
+    np.testing.assert_array_equal(eager["step"], compiled["step"])
+    np.testing.assert_allclose(compiled["total_loss"][0], eager["total_loss"][0], rtol=1e-3)
+    assert weights(setup / "compiled" / "waves.pth").keys() == weights(uninterrupted / "waves.pth").keys()

@@ -103,8 +103,23 @@ class StyleTransferModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.transformer(images)
 
+    def compile_losses(self, **options: Any) -> None:
+        """``torch.compile`` the whole loss computation: TransformerNet, loss network and losses.
+
+        Compiled, the TransformerNet runs channels_last too (when ``channels_last``
+        is on): Inductor fuses InstanceNorm without the layout copies eager mode
+        makes, so cuDNN's convolutions no longer convert NCHW↔NHWC at each layer.
+        """
+        if self.hparams.channels_last:
+            self.transformer.to(memory_format=torch.channels_last)
+            self._input_format = torch.channels_last
+        self.losses = torch.compile(self.losses, **options)
+
+    _input_format = torch.contiguous_format
+
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.float()  # batches arrive as uint8: 4× less to copy to the device
+        # batches arrive as uint8: 4× less to copy to the device
+        return batch.float().contiguous(memory_format=self._input_format)
 
     def losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         stylized = self.transformer(images)

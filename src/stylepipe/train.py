@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     )
     module.fingerprint = fp
     if tp["compile"]:
-        module.transformer = torch.compile(module.transformer)
+        module.compile_losses()
 
     Preemption, Curves = _callbacks()
     preemption, curves = Preemption(args.scratch / "last.ckpt"), Curves(tp["log_every_n_steps"])
