@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from stylepipe.export import check_onnx, export_onnx
-from stylepipe.models.transformer import TransformerNet, load_transformer
+from stylepipe.models.transformer import InstanceNorm2d, TransformerNet, load_transformer
 from stylepipe.models.vgg import LAYER_INDICES, LossNetwork, random_state_dict
 
 
@@ -158,6 +158,52 @@ def test_onnx_export_matches_pytorch_with_onnxruntime(tmp_path):
     got = session.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), net(x), atol=0.05, rtol=1e-4)
+
+
+def test_onnx_graph_keeps_instance_normalization(tmp_path):
+    import onnx
+
+    path = tmp_path / "model.onnx"
+    export_onnx(_seeded_net(), path, check=False)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("InstanceNormalization") == 15
+    assert "GroupNormalization" not in ops
+
+
+def test_channels_last_instance_norm_equals_contiguous():
+    # a CPU channels_last input goes through group_norm (one channel per group), others through instance_norm
+    torch.manual_seed(0)
+    norm = InstanceNorm2d(16, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(3, 16, 13, 18) * 4 + 2
+    expected = nn.functional.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    got = norm(x_cl)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
+    # gradients agree too (training may run the network channels_last)
+    grads = []
+    for inp in (x, x_cl):
+        inp = inp.detach().requires_grad_()
+        norm.zero_grad()
+        (norm(inp) * torch.linspace(-1, 1, 18)).sum().backward()
+        grads.append((inp.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_channels_last_network_equals_contiguous(monkeypatch):
+    net, x = _seeded_net(), torch.rand(2, 3, 30, 41) * 255
+    with torch.no_grad():
+        expected = net(x)
+        calls, group_norm = [], nn.functional.group_norm
+        monkeypatch.setattr(nn.functional, "group_norm", lambda *a, **k: calls.append(1) or group_norm(*a, **k))
+        got = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert len(calls) == 15  # every norm stayed channels_last
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_random_state_dict_is_seeded_with_torchvision_keys():
