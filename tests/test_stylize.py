@@ -1,4 +1,4 @@
-"""`stylepipe stylize`: sizes, batching by size, .pth and .onnx models, preserve colour."""
+"""`stylepipe stylize`: sizes, batching by size, .pth and .onnx models, precision, preserve colour."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from PIL import Image
 from stylepipe import cli
 from stylepipe.export import export_onnx
 from stylepipe.models.transformer import TransformerNet
-from stylepipe.stylize import expand_inputs, preserve_color, stylize_files, target_size
+from stylepipe import stylize
+from stylepipe.stylize import expand_inputs, load_runner, preserve_color, resolve_precision, stylize_files, target_size
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_outputs_keep_sizes_across_mixed_batches(models, images, tmp_path):
     net, pth, _ = models
     out = tmp_path / "out"
     assert cli.main(["stylize", "--model", str(pth), "--output", str(out), "--batch-size", "2",
-                     "--device", "cpu", "--engine", "torch", str(images)]) == 0
+                     "--device", "cpu", "--engine", "torch", "--precision", "fp32", str(images)]) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["a.png", "b.png", "c.png", "d.png"]
     for name in written:
@@ -54,7 +55,8 @@ def test_outputs_keep_sizes_across_mixed_batches(models, images, tmp_path):
 
 def test_pth_and_onnx_agree(models, images, tmp_path):
     _, pth, onnx = models
-    a = stylize_files(pth, [images / "a.png"], tmp_path / "t", engine="torch", device="cpu", progress=False)
+    a = stylize_files(pth, [images / "a.png"], tmp_path / "t", engine="torch", precision="fp32", device="cpu",
+                      progress=False)
     b = stylize_files(onnx, [images / "a.png"], tmp_path / "o", device="cpu", progress=False)
     c = stylize_files(pth, [images / "a.png"], tmp_path / "r", engine="onnxruntime", device="cpu", progress=False)
     arrays = [np.asarray(Image.open(p[0]), dtype=np.int16) for p in (a, b, c)]
@@ -89,3 +91,93 @@ def test_preserve_color_keeps_content_chroma():
     # equal up to the rounding and gamut clipping of the RGB round trip
     assert np.abs(y - sy).mean() < 1.5 and np.abs(cb - ccb).mean() < 1.5 and np.abs(cr - ccr).mean() < 1.5
     assert np.abs(cb - np.asarray(stylized.convert("YCbCr").split()[1], dtype=np.float32)).mean() > 5
+
+
+@pytest.fixture(scope="module")
+def photo_model(tmp_path_factory):
+    """A seeded network whose output spans about 0-255 on a photograph, as a trained one's does, and the photo.
+
+    A random network's output barely leaves 0, which would hide any precision or layout error.
+    """
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("photo")
+    crop = skimage.data.astronaut()[30:128, 150:280]  # 98 x 130: not multiples of 4, so padding runs too
+    Image.fromarray(crop).save(root / "astronaut.png")
+    torch.manual_seed(1)
+    net = TransformerNet().eval()
+    with torch.no_grad():
+        y = net(torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float())
+        scale = 50 / y.std()
+        net.deconv3.conv2d.weight.mul_(scale)
+        net.deconv3.conv2d.bias.mul_(scale).add_(127.5 - scale * y.mean())
+    torch.save(net.state_dict(), root / "style.pth")
+    return root / "style.pth", root / "astronaut.png"
+
+
+def test_bf16_output_close_to_fp32(photo_model, tmp_path):
+    pth, photo = photo_model
+    kwargs = dict(device="cpu", engine="torch", progress=False)
+    fp32 = stylize_files(pth, [photo], tmp_path / "fp32", precision="fp32", **kwargs)[0]
+    bf16 = stylize_files(pth, [photo], tmp_path / "bf16", precision="bf16", **kwargs)[0]
+    a, b = (np.asarray(Image.open(p), dtype=np.float32) for p in (fp32, bf16))
+    assert a.shape == b.shape == (98, 130, 3)
+    assert 40 < a.std()  # the output really spans the range
+    # bf16 keeps 8 significant bits: about one level of 255 on average (measured 0.9), a few at most
+    diff = np.abs(a - b)
+    assert diff.mean() < 2 and np.percentile(diff, 99) <= 8
+    # what a wrong colour order or layout would give
+    assert np.abs(a - b[..., ::-1]).mean() > 10 and np.abs(a - b.reshape(3, 98, 130).transpose(1, 2, 0)).mean() > 10
+
+
+def test_precision_auto(monkeypatch, photo_model):
+    pth, _ = photo_model
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(stylize, "native_bf16_cpu", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("auto", cpu, engine="onnxruntime") == "fp32"
+    assert resolve_precision("auto", cpu, onnx_model=True) == "fp32"
+    assert resolve_precision("auto", cuda) == "fp32"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cuda) == "bf16"
+    runner = load_runner(pth, "cpu")
+    assert (runner.engine, runner.precision) == ("torch", "bf16")
+    assert (load_runner(pth, "cpu", precision="fp32").engine, load_runner(pth, "cpu", engine="onnxruntime").precision) \
+        == ("onnxruntime", "fp32")
+    monkeypatch.setattr(stylize, "native_bf16_cpu", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    runner = load_runner(pth, "cpu")
+    assert (runner.engine, runner.precision) == ("onnxruntime", "fp32")
+    with pytest.raises(ValueError, match="fp64"):
+        resolve_precision("fp64", cpu)
+
+
+def test_native_bf16_check_without_the_private_helpers(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert stylize.native_bf16_cpu() is False
+
+    def broken():
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert stylize.native_bf16_cpu() is True
+
+
+def test_bf16_errors_name_the_model_and_flag(models, images, tmp_path):
+    _, pth, onnx = models
+    with pytest.raises(ValueError, match=r"style\.onnx.*\.pth.*--precision fp32"):
+        load_runner(onnx, "cpu", precision="bf16")
+    with pytest.raises(ValueError, match="--engine onnxruntime.*--engine torch"):
+        load_runner(pth, "cpu", engine="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="style.onnx"):
+        cli.main(["stylize", "--model", str(onnx), "--precision", "bf16", "--output", str(tmp_path),
+                  str(images / "a.png")])
+
+
+def test_cli_says_what_runs(models, images, tmp_path, capsys):
+    _, pth, _ = models
+    assert cli.main(["stylize", "--model", str(pth), "--device", "cpu", "--precision", "bf16",
+                     "--output", str(tmp_path / "o.png"), str(images / "a.png")]) == 0
+    captured = capsys.readouterr()
+    assert "torch bf16 on cpu" in captured.err and "torch bf16 on cpu" in captured.out
