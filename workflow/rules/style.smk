@@ -60,6 +60,7 @@ rule stylize:
         tracked=tracked("stylize"),
         max_size=config["stylize"]["max_size"],
         batch_size=config["stylize"]["batch_size"],
+        precision=config["stylize"]["precision"],
     # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
     threads: resource("stylize", "cpus_per_task")
     resources:
@@ -69,7 +70,8 @@ rule stylize:
         cpus_per_task=resource("stylize", "cpus_per_task"),
     shell:
         "stylepipe stylize --model {input.model} --output {output}"
-        " --max-size {params.max_size} --batch-size {params.batch_size} {input.images}"
+        " --max-size {params.max_size} --batch-size {params.batch_size} --precision {params.precision}"
+        " {input.images}"
         " > {log} 2>&1"
 
 
