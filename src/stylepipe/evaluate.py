@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -105,26 +107,28 @@ def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, devi
     return {key: value / len(pairs) for key, value in sums.items()}
 
 
-@torch.inference_mode()
-def stylize_speed(model: torch.nn.Module, size: int, images: int, seed: int, device: torch.device) -> float:
-    """Images per second stylizing ``size``×``size`` images one at a time, after a warm-up."""
+def stylize_speed(runner: Callable[[torch.Tensor], torch.Tensor], size: int, images: int, seed: int) -> float:
+    """Images per second stylizing ``size``×``size`` images one at a time with ``runner``, after a warm-up.
+
+    ``runner`` is what `stylepipe stylize` uses (`stylize.load_runner`), so the
+    figure is the command's own speed; its results come back on the CPU, which
+    waits for a GPU to finish.
+    """
+    from stylepipe.stylize import stylize_tensor
+
     generator = torch.Generator().manual_seed(seed)
     batch = torch.randint(0, 256, (images + WARMUP_IMAGES, 1, 3, size, size), generator=generator).float()
-    model = model.to(device)
     for i in range(WARMUP_IMAGES):
-        model(batch[i].to(device))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        stylize_tensor(runner, batch[i])
     start = time.perf_counter()
     for i in range(WARMUP_IMAGES, WARMUP_IMAGES + images):
-        model(batch[i].to(device))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        stylize_tensor(runner, batch[i])
     return images / (time.perf_counter() - start)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     from stylepipe.models.transformer import load_transformer
+    from stylepipe.stylize import load_runner
 
     params = load_params(args.params)
     train = train_params(params, args.style)
@@ -137,12 +141,15 @@ def evaluate(args: argparse.Namespace) -> dict:
     summary = read_json(args.train_summary)
     model = load_transformer(args.model)
     speed = params["evaluate"]
+    # as the stylize step runs it: its default device, engine and the params' precision
+    runner = load_runner(args.model, precision=params["stylize"]["precision"])
+    print(f"{args.style}: stylize speed measured with {runner}", file=sys.stderr)
     metrics.update(
         eval_images=len(pairs),
         train_images_per_s=float(summary["images_per_s"]),
         train_wall_time_s=float(summary["wall_time_s"]),
         stylize_size=speed["speed_size"],
-        stylize_images_per_s=stylize_speed(model, speed["speed_size"], speed["speed_images"], params["seed"], device),
+        stylize_images_per_s=stylize_speed(runner, speed["speed_size"], speed["speed_images"], params["seed"]),
         model_size_mb=args.model.stat().st_size / 1e6,
         model_params=sum(p.numel() for p in model.parameters()),
     )
