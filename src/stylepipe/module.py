@@ -70,8 +70,9 @@ class StyleTransferModule(pl.LightningModule):
             # [1, C, C]; recomputed from the style image on every start, so not saved
             self.register_buffer(f"style_gram_{name}", gram_matrix(features[name]), persistent=False)
         if channels_last:
-            # the VGG only: InstanceNorm views its input as [1, B·C, H, W], which forces a
-            # channels_last tensor back to contiguous at each of the TransformerNet's 15 norms
+            # the VGG only: eager, a channels_last TransformerNet trains slower (on CUDA its
+            # InstanceNorms copy back to contiguous; on a CPU their GroupNorm route has a slower
+            # backward, 15 % per step measured); compile_losses() converts it too
             self.loss_network.to(memory_format=torch.channels_last)
 
     # -- checkpoints hold the transformer only; the loss network comes from its file

@@ -39,7 +39,7 @@ TRACKED = {
     "resize": ["data.resize_workers", "train.image_size"],
     "train": ["seed", "train", "styles.{style}"],
     "stylize": ["stylize"],
-    "evaluate": ["seed", "train", "styles.{style}", "evaluate"],
+    "evaluate": ["seed", "train", "styles.{style}", "stylize.precision", "evaluate"],
     "report": [],
 }
 
