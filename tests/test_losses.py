@@ -44,6 +44,19 @@ def test_gram_matrix_of_channels_last_features(feats):
     np.testing.assert_allclose(got, np_gram(feats["x"]["relu1_2"]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gram_matrix_gradient_matches_autograd(memory_format):
+    # the Gram's backward is written by hand: check it against float64 autograd of F Fᵀ
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    target = torch.randn(1, 5, 5, dtype=torch.float64)
+    reference = x.clone().requires_grad_()
+    flat = reference.reshape(2, 5, 12)
+    ((flat @ flat.transpose(1, 2) / 60 - target) ** 2).mean().backward()
+    ours = x.float().contiguous(memory_format=memory_format).requires_grad_()
+    ((gram_matrix(ours) - target.float()) ** 2).mean().backward()
+    np.testing.assert_allclose(ours.grad.double().numpy(), reference.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
 def test_content_loss_is_mean_squared_error(feats):
     x, y = feats["x"], feats["y"]
     expected = np.mean((x["relu2_2"].astype(np.float64) - y["relu2_2"]) ** 2)

@@ -13,15 +13,36 @@ import torch
 import torch.nn.functional as F
 
 
+class _Gram(torch.autograd.Function):
+    """Fᵀ F for F = [B, N, C] (N = H·W), in float32, with its backward written out.
+
+    Autograd would differentiate the float32 product twice (once per operand),
+    add the two [B, N, C] float32 results and cast the sum back to the
+    features' dtype; d(FᵀF) = F (dG + dGᵀ) is one batched product computed
+    straight in that dtype (11 % of a bf16 training step on a CPU at 256 px).
+    """
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        flat32 = flat.float()
+        return torch.bmm(flat32.transpose(1, 2), flat32)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (flat,) = ctx.saved_tensors
+        return torch.bmm(flat, (grad + grad.transpose(1, 2)).to(flat.dtype))
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] → [B, C, C], normalised by C·H·W. Computed in fp32."""
     b, c, h, w = features.shape
     if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
         # channels_last: [B, H·W, C] is a free view, where [B, C, H·W] would be a copy
-        flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c).float()
-        return torch.bmm(flat.transpose(1, 2), flat) / (c * h * w)
-    flat = features.reshape(b, c, h * w).float()
-    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+        flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    else:
+        flat = features.reshape(b, c, h * w).transpose(1, 2)
+    return _Gram.apply(flat) / (c * h * w)
 
 
 def content_loss(
