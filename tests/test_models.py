@@ -112,6 +112,21 @@ def test_activations_stay_bf16_under_cpu_autocast():
     assert seen == [torch.float32] + [torch.bfloat16] * 15
 
 
+@pytest.mark.parametrize("p", [1, 4])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_reflection_padding_gradient_matches_pytorch(p, memory_format):
+    from stylepipe.models.transformer import reflection_pad
+
+    pad = nn.ReflectionPad2d(p)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64).contiguous(memory_format=memory_format)
+    weight = torch.randn(2, 3, 9 + 2 * p, 11 + 2 * p, dtype=torch.float64)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (reflection_pad(pad, ours) * weight).sum().backward()
+    (pad(theirs) * weight).sum().backward()
+    torch.testing.assert_close(reflection_pad(pad, ours), pad(theirs))
+    torch.testing.assert_close(ours.grad, theirs.grad)
+
+
 def test_our_weights_load_into_pytorch_examples_net():
     ours = _seeded_net()
     ref = RefTransformerNet().eval()

@@ -19,8 +19,35 @@ from torch import nn
 _LEGACY_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
+class _ReflectionPad(torch.autograd.Function):
+    """Reflection padding by ``p`` on all sides, with a backward that folds the border back.
+
+    PyTorch's own backward scatters element by element: on a CPU it took five
+    times its forward, and ``torch.compile`` lowers it to a scatter too. Here it
+    is two strided copies and four small adds.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: int) -> torch.Tensor:
+        ctx.p = p
+        return F.pad(x, (p, p, p, p), mode="reflect")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        p = ctx.p
+        # padded column j < p mirrors input column p - j; from the right, W + p + k mirrors W - 2 - k
+        cols = grad[..., p:-p].clone()
+        cols[..., 1 : p + 1] += grad[..., :p].flip(-1)
+        cols[..., -p - 1 : -1] += grad[..., -p:].flip(-1)
+        # then the rows, of the column-folded gradient (corners included)
+        rows = cols[..., p:-p, :]
+        rows[..., 1 : p + 1, :] += cols[..., :p, :].flip(-2)
+        rows[..., -p - 1 : -1, :] += cols[..., -p:, :].flip(-2)
+        return rows, None
+
+
 def reflection_pad(pad: nn.ReflectionPad2d, x: torch.Tensor) -> torch.Tensor:
-    """``pad(x)`` in ``x``'s own dtype.
+    """``pad(x)`` in ``x``'s own dtype, with a faster backward when one is needed.
 
     CPU autocast runs reflection padding in float32, which costs two full-size
     casts per layer (to float32 and back for the next convolution) for an op
@@ -28,8 +55,16 @@ def reflection_pad(pad: nn.ReflectionPad2d, x: torch.Tensor) -> torch.Tensor:
     """
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
-            return pad(x)
-    return pad(x)
+            return _pad(pad, x)
+    return _pad(pad, x)
+
+
+def _pad(pad: nn.ReflectionPad2d, x: torch.Tensor) -> torch.Tensor:
+    p = pad.padding[0]
+    if (x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing() and x.dim() == 4
+            and 0 < p < min(x.shape[-2:]) and all(side == p for side in pad.padding)):
+        return _ReflectionPad.apply(x, p)
+    return pad(x)  # no gradient needed (inference, ONNX export): PyTorch's own
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
