@@ -2,13 +2,15 @@
 
 Both sides use the same image size, batch size, random VGG16 and random
 content batches, in one process, alternating round by round so that machine
-load hits them alike. Printed: images/s of the reference and of each variant
-of our step (which optimisations help), `lightning_overhead` (the Lightning
+load hits them alike. Printed: images/s of the reference and of our step
+(with ``--ablation`` also of each optimisation on its own), at the image size
+that params.yaml trains at unless ``--size`` says otherwise;
+`lightning_overhead` (the Lightning
 Trainer against a bare loop running the identical step) and, last,
 `speedup_vs_reference` (our default configuration from params.yaml vs the reference,
 median per-round ratio of CPU time; the wall-time ratio is printed just before).
 
-    python benchmarks/train_throughput.py [--size 96] [--steps 2] [--rounds 4]
+    python benchmarks/train_throughput.py [--size 256] [--steps 2] [--rounds 4] [--ablation]
 """
 
 from __future__ import annotations
@@ -171,7 +173,10 @@ def lightning_vs_bare(vgg_state, style, batches, bf16: bool, channels_last: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=96, help="image size (pytorch/examples: 256; smaller keeps this short on a CPU)")
+    parser.add_argument("--size", type=int, help="image size (default: train.image_size of params.yaml, 256 as in "
+                        "pytorch/examples; 96 takes a minute on a CPU)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also time each optimisation on its own (fp32, channels_last, bf16 without channels_last)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=4)
@@ -183,6 +188,7 @@ def main() -> None:
 
     train = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     default = (train["precision"] == "bf16-mixed", bool(train["channels_last"]))
+    args.size = args.size or int(train["image_size"])
     vgg_state = {k[len("features."):]: v for k, v in random_state_dict(0).items()}
     gen = torch.Generator().manual_seed(0)
     style = torch.rand(1, 3, args.size, args.size, generator=gen) * 255
@@ -196,6 +202,10 @@ def main() -> None:
         "ours bf16 autocast": Ours(vgg_state, style, 0, True, False),
         "ours bf16 autocast + channels_last (VGG)": Ours(vgg_state, style, 0, True, True),
     }
+    default_name = {(False, False): "ours fp32, content target without autograd", (False, True): "ours fp32 + channels_last (VGG)",
+                    (True, False): "ours bf16 autocast", (True, True): "ours bf16 autocast + channels_last (VGG)"}[default]
+    if not args.ablation:
+        variants = {name: v for name, v in variants.items() if name.startswith("reference") or name == default_name}
     for v in variants.values():
         v.step(batches[0])  # warm-up
     # rounds in rotating order; medians of per-round figures resist the load of a shared machine
@@ -215,8 +225,6 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} steps per variant (medians; speedups by wall time / by CPU time)")
     for name in names:
         print(f"{name:<72} {rate[name]:7.2f} images/s  ({ratio(name, 0):.2f}x / {ratio(name, 1):.2f}x)")
-    default_name = {(False, False): "ours fp32, content target without autograd", (False, True): "ours fp32 + channels_last (VGG)",
-                    (True, False): "ours bf16 autocast", (True, True): "ours bf16 autocast + channels_last (VGG)"}[default]
     overhead = lightning_vs_bare(vgg_state, style, batches * 3, *default, rounds=max(6, args.rounds))
     print(f"default configuration (params.yaml): {default_name}")
     print(f"lightning_overhead: {overhead:.1f}%")
