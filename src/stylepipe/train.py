@@ -311,9 +311,7 @@ def run(args: argparse.Namespace) -> int:
     trainer.save_checkpoint(final)
     if not trainer.is_global_zero:
         return 0
-    transformer = module.transformer
-    transformer = getattr(transformer, "_orig_mod", transformer)
-    net = _plain_copy(transformer)
+    net = _plain_copy(module.transformer)  # compile_losses() leaves the module itself unwrapped
     # through a file object: torch.save names the zip's folder after a path (here the random temp name)
     with atomic_path(args.model) as tmp, open(tmp, "wb") as f:
         torch.save(net.state_dict(), f)
