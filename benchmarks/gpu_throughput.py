@@ -181,13 +181,13 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
             writer.add(pool[i % len(pool)], f"{i:06d}.jpg")
         writer.close()
         torch.backends.cudnn.benchmark = not deterministic  # Lightning keeps it unless deterministic
-        module = StyleTransferModule(style, vgg_state, channels_last=tp["channels_last"], max_steps=tp["max_steps"])
+        module = StyleTransferModule(style, vgg_state, channels_last=tp["channels_last"])
         datamodule = ContentDataModule(data, args.size, batch_size, tp["val_images"], 0, tp["num_workers"])
-        Preemption, Curves = _callbacks()
+        Preemption, Curves, _ = _callbacks()
         clock = Clock()
         scratch = Path(tmp) / "scratch"
         logger = TensorBoardLogger(save_dir=scratch, name="", version="tensorboard", default_hp_metric=False)
-        trainer = build_trainer(tp, scratch, [Curves(tp["log_every_n_steps"]), Preemption(scratch / "last.ckpt"), clock],
+        trainer = build_trainer(tp, scratch, [Curves(tp["log_every_n_steps"]), Preemption(scratch / "preempted.ckpt"), clock],
                                 [logger])
         trainer.fit(module, datamodule=datamodule)
         rate = (clock.end_step - warmup) * batch_size / clock.seconds

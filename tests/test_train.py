@@ -63,16 +63,27 @@ def command(root: Path, run: str) -> list[str]:
     ]
 
 
-def train(root: Path, run: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(root, run), capture_output=True, text=True, timeout=300)
+def variant(root: Path, run: str, **train_values) -> list[str]:
+    """The command of run ``run`` with ``train_values`` over the setup's params."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(train_values)
+    path = root / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    cmd = command(root, run)
+    cmd[cmd.index(str(root / "params.yaml"))] = str(path)
+    return cmd
+
+
+def train(root: Path, run: str, cmd: list[str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd or command(root, run), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-def train_interrupted(root: Path, run: str, signum: int) -> subprocess.CompletedProcess:
+def train_interrupted(root: Path, run: str, signum: int, cmd: list[str] | None = None) -> subprocess.CompletedProcess:
     """Start a run, send ``signum`` once its first checkpoint exists, let it stop; return that process."""
     scratch = root / run / "scratch"
-    proc = subprocess.Popen(command(root, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd or command(root, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (scratch / "last.ckpt").exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -140,7 +151,7 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     assert "Run the same command again to resume" in stopped.stderr
     assert not (setup / "c" / "waves.pth").exists()
-    step = torch.load(setup / "c" / "scratch" / "last.ckpt", weights_only=False)["global_step"]
+    step = torch.load(setup / "c" / "scratch" / "preempted.ckpt", weights_only=False)["global_step"]
     assert 2 <= step < MAX_STEPS
 
     resumed = train(setup, "c")
@@ -237,11 +248,9 @@ def test_style_image_keeps_aspect_and_module_configures_schedules(setup):
     style = load_style_image(setup / "style.png", 35)  # 70×40 → long edge 35
     assert style.shape == (1, 3, 20, 35) and style.dtype == torch.float32 and style.max() > 1
     vgg = {k[len("features."):]: v for k, v in random_state_dict(0).items()}
-    module = StyleTransferModule(style, vgg, lr_schedule="cosine", max_steps=10, tv_weight=1e-3)
+    module = StyleTransferModule(style, vgg, lr_schedule="cosine", tv_weight=1e-3)
     assert module.hparams.tv_weight == 1e-3 and "style_image" not in module.hparams
     assert module.style_grams["relu4_3"].shape == (1, 512, 512)
-    config = module.configure_optimizers()
-    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
     losses, stylized = module.losses(torch.rand(2, 3, 16, 16) * 255)
     assert stylized.shape == (2, 3, 16, 16) and losses["tv_loss"] > 0
     parts = sum(losses[k].item() for k in ("content_loss", "style_loss", "tv_loss"))
@@ -284,3 +293,71 @@ def test_compiled_training_follows_the_eager_run(setup, uninterrupted):
     np.testing.assert_array_equal(eager["step"], compiled["step"])
     np.testing.assert_allclose(compiled["total_loss"][0], eager["total_loss"][0], rtol=1e-3)
     assert weights(setup / "compiled" / "waves.pth").keys() == weights(uninterrupted / "waves.pth").keys()
+
+
+def test_lr_schedule_spans_the_whole_run_with_accumulation(setup):
+    # 8 training images, batch 2, 3 batches per optimizer step: 2 steps an epoch (the last one
+    # partial), 4 in 2 epochs; the cosine schedule must reach 0 at step 4, not turn back up
+    cmd = variant(setup, "sched", max_steps=-1, epochs=2, accumulate_grad_batches=3, lr_schedule="cosine",
+                  log_every_n_steps=1, val_check_interval=100)
+    train(setup, "sched", cmd)
+    rows = list(csv.DictReader((setup / "sched" / "curves.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(0, abs=1e-12)
+    summary = yaml.safe_load((setup / "sched" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["images_seen"] == 16 and summary["epochs"] == 2.0
+
+
+def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs(setup):
+    # accumulate 2: a signal mid-accumulation is acted on after the optimizer step, so the
+    # checkpoint never lacks summed gradients; max_steps 6 runs 3 epochs although epochs is 1
+    values = dict(accumulate_grad_batches=2, max_steps=6, epochs=1, checkpoint_every_n_steps=1)
+    full = setup / "acc-full"
+    train(setup, "acc-full", variant(setup, "acc-full", **values))
+    summary = yaml.safe_load((full / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["images_seen"] == 24 and summary["epochs"] == 3.0
+
+    stopped = train_interrupted(setup, "acc-cut", signal.SIGTERM, variant(setup, "acc-cut", **values))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    ckpt = torch.load(setup / "acc-cut" / "scratch" / "preempted.ckpt", weights_only=False)
+    assert ckpt["ContentDataModule"]["sampler"]["consumed"] % 2 == 0
+    train(setup, "acc-cut", variant(setup, "acc-cut", **values))
+    assert_identical(full / "waves.pth", setup / "acc-cut" / "waves.pth")
+
+
+def test_early_stopped_run_started_again_stays_stopped(setup):
+    cmd = variant(setup, "early", max_steps=40, val_check_interval=1, early_stopping_patience=1, lr=0.5)
+    train(setup, "early", cmd)
+    first = yaml.safe_load((setup / "early" / "summary.json").read_text())
+    assert first["steps"] < 40  # stopped early (lr 0.5 makes the validation loss jump)
+    again = train(setup, "early", cmd)
+    assert "final.ckpt" in again.stderr
+    assert yaml.safe_load((setup / "early" / "summary.json").read_text())["steps"] == first["steps"]
+
+
+def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):
+    first = variant(setup, "g", max_steps=2)
+    train(setup, "g", first)
+    scratch = setup / "g" / "scratch"
+    made = {p.name for p in scratch.glob("*.ckpt")}
+    assert "final.ckpt" in made
+    changed = train(setup, "g", variant(setup, "g-lr", max_steps=2, lr=5e-4)[:-2] + ["--scratch", str(scratch)])
+    assert "moved to" in changed.stderr and "resuming" not in changed.stderr
+    [aside] = (scratch / "superseded").iterdir()
+    assert {p.name for p in aside.glob("*.ckpt")} == made
+    # the first configuration again: resumes from its set-aside final checkpoint, trains no further
+    back = train(setup, "g", first)
+    assert f"resuming from {aside / 'final.ckpt'}" in back.stderr
+
+
+def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
+    from stylepipe.train import fingerprint
+
+    tp = yaml.safe_load((setup / "params.yaml").read_text())["train"]
+    files = (setup / "style.png", setup / "vgg16_features.pth")
+    base = fingerprint(tp, 42, 1, *files, data=setup / "content")
+    assert fingerprint(tp, 42, 2, *files, data=setup / "content") != base
+    assert fingerprint(tp | {"epochs": 7}, 42, 1, *files, data=setup / "content") == base
+    assert fingerprint(tp | {"lr": 0.1}, 42, 1, *files, data=setup / "content") != base
+    assert fingerprint(tp | {"devices": 4, "num_workers": 9}, 42, 1, *files, data=setup / "content") == base

@@ -41,7 +41,6 @@ class StyleTransferModule(pl.LightningModule):
         loss_network_state: dict[str, torch.Tensor] | None = None,
         lr: float = 1e-3,
         lr_schedule: str = "none",
-        max_steps: int = 1000,
         content_weight: float = 1e5,
         style_weight: float = 1e10,
         tv_weight: float = 0.0,
@@ -169,7 +168,9 @@ class StyleTransferModule(pl.LightningModule):
         optimizer = torch.optim.Adam(self.transformer.parameters(), lr=hp.lr)
         if hp.lr_schedule == "none":
             return optimizer
-        steps = max(1, int(hp.max_steps))
+        # optimizer steps of the whole run, as Lightning counts them: max_steps or
+        # epochs × batches per process, with gradient accumulation
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
         if hp.lr_schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         elif hp.lr_schedule == "step":

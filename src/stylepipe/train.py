@@ -58,11 +58,18 @@ class Preempted(Exception):
         self.signum, self.path, self.step = signum, path, step
 
 
-def fingerprint(tp: dict, seed: int, *files: Path, data: Path) -> str:
-    """Identifies what a run computes: a checkpoint of another configuration is never resumed."""
+def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path) -> str:
+    """Identifies what a run computes: a checkpoint of another configuration is never resumed.
+
+    The number of processes counts (each takes its own share of every batch
+    step's data, so it sets the global batch); how they are spread over
+    devices and nodes does not.
+    """
+    values = {k: v for k, v in tp.items() if k not in OPERATIONAL_KEYS}
+    if tp["max_steps"] > 0:
+        del values["epochs"]  # max_steps bounds the run alone
     h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in sorted(tp.items()) if k not in OPERATIONAL_KEYS} | {"seed": seed},
-                        sort_keys=True).encode())
+    h.update(json.dumps(values | {"seed": seed, "processes": world_size}, sort_keys=True).encode())
     for path in files:
         h.update(hashlib.sha256(path.read_bytes()).digest())
     manifest = data / "manifest.json"
@@ -77,23 +84,45 @@ def fingerprint(tp: dict, seed: int, *files: Path, data: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def find_resume_checkpoint(scratch: Path, fp: str) -> Path | None:
-    """The newest readable checkpoint of this configuration in ``scratch`` (ours, Lightning's last/hpc_ckpt_*)."""
+SUPERSEDED = "superseded"  # scratch/superseded/<fingerprint>/: checkpoints of earlier configurations
+
+
+def find_checkpoints(scratch: Path, fp: str) -> tuple[Path | None, dict[Path, str]]:
+    """The checkpoint to resume from, and the checkpoints of other configurations in ``scratch``.
+
+    Resume candidates are this configuration's checkpoints (ours, Lightning's
+    last/hpc_ckpt_*), in ``scratch`` or set aside under ``superseded/<fp>/``
+    when another configuration ran in between: the one with the most steps,
+    then the newest.
+    """
     best: tuple[int, int, Path] | None = None
-    for path in sorted(scratch.glob("*.ckpt")):
+    others: dict[Path, str] = {}
+    for path in [*sorted(scratch.glob("*.ckpt")), *sorted((scratch / SUPERSEDED / fp).glob("*.ckpt"))]:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a checkpoint cut short by a kill: skip it
+        except FileNotFoundError:  # moved aside meanwhile by rank 0
+            continue
+        except Exception as err:  # a checkpoint of an older version, or a damaged file: skip it
             print(f"stylepipe train: ignoring unreadable checkpoint {path}: {err}", file=sys.stderr)
             continue
         if ckpt.get("stylepipe_fingerprint") != fp:
-            print(f"stylepipe train: ignoring {path}: written for another configuration", file=sys.stderr)
+            others[path] = str(ckpt.get("stylepipe_fingerprint"))
             continue
-        # prefer the most steps, then the most recent file
         key = (int(ckpt.get("global_step", -1)), path.stat().st_mtime_ns, path)
         if best is None or key[:2] > best[:2]:
             best = key
-    return best[2] if best else None
+    return (best[2] if best else None), others
+
+
+def set_aside(scratch: Path, others: dict[Path, str]) -> None:
+    """Move other configurations' checkpoints out of the way: kept, never overwritten, resumable if that configuration returns."""
+    for path, fp in others.items():
+        target = scratch / SUPERSEDED / fp / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+    if others:
+        print(f"stylepipe train: {len(others)} checkpoint(s) of another configuration moved to "
+              f"{scratch / SUPERSEDED}/ (delete them when no longer needed)", file=sys.stderr)
 
 
 def _callbacks():
@@ -112,6 +141,7 @@ def _callbacks():
             self.path = path
             self.signum: int | None = None
             self._previous: dict[int, Any] = {}
+            self._step = 0
 
         def _handler(self, signum: int, frame: Any) -> None:
             self.signum = signum
@@ -122,8 +152,12 @@ def _callbacks():
             if threading.current_thread() is threading.main_thread():
                 for sig in PREEMPT_SIGNALS:
                     self._previous[sig] = signal.signal(sig, self._handler)
+            self._step = trainer.global_step
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == self._step:
+                return  # mid gradient accumulation: the summed gradients are not in a checkpoint
+            self._step = trainer.global_step
             flag = self.signum is not None
             if trainer.world_size > 1:
                 flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
@@ -137,6 +171,26 @@ def _callbacks():
                     signal.signal(sig, handler)
             self._previous = {}
 
+    class Finished(Callback):
+        """Marks the final checkpoint: a finished run started again does not train on.
+
+        (Without it, an early-stopped run resumed from its final checkpoint
+        would train until the next validation and stop again, further each time.)
+        """
+
+        def __init__(self):
+            self.finished = False
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if self.finished:
+                trainer.should_stop = True
+
+        def state_dict(self) -> dict:
+            return {"finished": self.finished}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.finished = bool(state.get("finished", False))
+
     class Curves(Callback):
         """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves."""
 
@@ -144,6 +198,7 @@ def _callbacks():
             self.every = every
             self.rows: list[dict] = []
             self.val: dict[str, float] = {}
+            self.images = 0  # training images seen, all processes
             self.wall_time = 0.0
             self._start = None
 
@@ -154,8 +209,10 @@ def _callbacks():
             return self.wall_time + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.images += len(batch) * trainer.world_size
             step = trainer.global_step
-            if step % self.every or (self.rows and self.rows[-1]["step"] >= step):
+            # one row per optimizer step (under gradient accumulation, the micro-batch that completed it)
+            if step == 0 or step % self.every or (self.rows and self.rows[-1]["step"] >= step):
                 return
             row = {"step": step, **{k: float(outputs[k]) for k in LOSS_NAMES}}
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
@@ -166,14 +223,35 @@ def _callbacks():
             self.val = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("val/")}
 
         def state_dict(self) -> dict:
-            return {"rows": self.rows, "val": self.val, "wall_time": self.elapsed()}
+            return {"rows": self.rows, "val": self.val, "images": self.images, "wall_time": self.elapsed()}
 
         def load_state_dict(self, state: dict) -> None:
             self.rows = list(state.get("rows", []))
             self.val = dict(state.get("val", {}))
+            self.images = int(state.get("images", 0))
             self.wall_time = float(state.get("wall_time", 0.0))
 
-    return Preemption, Curves
+    return Preemption, Curves, Finished
+
+
+def _atomic_checkpoint_io():
+    from lightning_fabric.plugins import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints written beside their final name, then renamed: whole even when $TMPDIR is another filesystem.
+
+        (Lightning's own atomic save stages the file in $TMPDIR; from a
+        node-local /tmp to network scratch its final move is a copy, which a
+        kill can cut short.)
+        """
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+            if storage_options is not None:
+                raise TypeError("storage_options are not supported for local checkpoints")
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+
+    return AtomicCheckpointIO()
 
 
 def write_curves(path: Path, rows: list[dict]) -> None:
@@ -208,7 +286,8 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
         num_nodes=tp["num_nodes"],
         strategy=tp["strategy"],
         precision=tp["precision"],
-        max_epochs=tp["epochs"],
+        # a positive max_steps bounds the run alone; -1 runs `epochs` epochs
+        max_epochs=-1 if tp["max_steps"] > 0 else tp["epochs"],
         max_steps=tp["max_steps"],
         accumulate_grad_batches=tp["accumulate_grad_batches"],
         gradient_clip_val=tp["gradient_clip_val"],
@@ -224,6 +303,7 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
         logger=loggers,
         use_distributed_sampler=False,  # ResumableSampler splits the data between processes itself
         enable_model_summary=False,
+        plugins=[_atomic_checkpoint_io()],
     )
 
 
@@ -259,7 +339,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise FileNotFoundError(f"{args.data}: training data not found; create it with `stylepipe resize` "
                                 f"(or `snakemake {args.data}`), or pass a folder of images")
-    fp = fingerprint(tp, seed, args.style_image, args.loss_network, data=args.data)
     args.scratch.mkdir(parents=True, exist_ok=True)
 
     datamodule = ContentDataModule(args.data, tp["image_size"], tp["batch_size"], tp["val_images"], seed, tp["num_workers"])
@@ -268,7 +347,6 @@ def run(args: argparse.Namespace) -> int:
         vgg_state,
         lr=tp["lr"],
         lr_schedule=tp["lr_schedule"],
-        max_steps=tp["max_steps"] if tp["max_steps"] > 0 else _epoch_steps(args.data, tp),
         content_weight=tp["content_weight"],
         style_weight=tp["style_weight"],
         tv_weight=tp["tv_weight"],
@@ -277,21 +355,22 @@ def run(args: argparse.Namespace) -> int:
         style_layer_weights=tp["style_layer_weights"],
         channels_last=tp["channels_last"],
     )
-    module.fingerprint = fp
     if tp["compile"]:
         module.compile_losses()
 
-    Preemption, Curves = _callbacks()
-    preemption, curves = Preemption(args.scratch / "last.ckpt"), Curves(tp["log_every_n_steps"])
+    Preemption, Curves, Finished = _callbacks()
+    # preempted.ckpt, not last.ckpt: that name is ModelCheckpoint's, which would version its own as last-v1
+    preemption, curves, finished = Preemption(args.scratch / "preempted.ckpt"), Curves(tp["log_every_n_steps"]), Finished()
     loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
     # curves first: a preempted step is recorded before the checkpoint is written
-    trainer = build_trainer(tp, args.scratch, [curves, preemption], loggers)
+    trainer = build_trainer(tp, args.scratch, [curves, preemption, finished], loggers)
 
-    resume = find_resume_checkpoint(args.scratch, fp)
-    if resume is None and trainer.is_global_zero:
-        _remove_stale(args.scratch)
-    elif trainer.is_global_zero:
-        print(f"stylepipe train: resuming from {resume}", file=sys.stderr)
+    module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network, data=args.data)
+    resume, others = find_checkpoints(args.scratch, fp)
+    if trainer.is_global_zero:
+        set_aside(args.scratch, others)
+        if resume is not None:
+            print(f"stylepipe train: resuming from {resume}", file=sys.stderr)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except Preempted as stop:
@@ -308,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     final = args.scratch / "final.ckpt"
+    finished.finished = True
     trainer.save_checkpoint(final)
     if not trainer.is_global_zero:
         return 0
@@ -339,23 +419,10 @@ def _plain_copy(transformer: torch.nn.Module):
     return net.eval()
 
 
-def _epoch_steps(data: Path, tp: dict) -> int:
-    """Optimizer steps of an epoch-bounded run (the LR schedules need the total)."""
-    from stylepipe.datamodule import open_images
-
-    n = len(open_images(data, tp["image_size"])) - tp["val_images"]
-    return max(1, n // tp["batch_size"] // tp["accumulate_grad_batches"]) * tp["epochs"]
-
-
-def _remove_stale(scratch: Path) -> None:
-    for path in scratch.glob("*.ckpt"):
-        path.unlink()
-
-
 def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
     steps = int(trainer.global_step)
     world = int(trainer.world_size)
-    images_seen = steps * tp["batch_size"] * tp["accumulate_grad_batches"] * world
+    images_seen = curves.images
     wall = curves.elapsed()
     last = curves.rows[-1] if curves.rows else {}
     device = str(trainer.strategy.root_device)
