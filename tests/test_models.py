@@ -277,3 +277,49 @@ def test_wrong_loss_network_file_is_named(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="other.pth"):
         LossNetwork.from_file(path, ["relu2_2"])
+
+
+@pytest.fixture
+def not_models(tmp_path):
+    """Files a user may pass where a network's weights belong."""
+    torch.save(_seeded_net().state_dict(), tmp_path / "real.pth")
+    data = (tmp_path / "real.pth").read_bytes()
+    files = {
+        "text.pth": ("x\n", "not a PyTorch weights file"),
+        "empty.pth": (b"", "empty"),
+        "cut.pth": (data[: len(data) // 2], "truncated"),
+    }
+    for name, (content, _) in files.items():
+        (tmp_path / name).write_bytes(content.encode() if isinstance(content, str) else content)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    return tmp_path, {name: reason for name, (_, reason) in files.items()} | {"tensor.pth": "holds a Tensor"}
+
+
+def test_files_that_are_not_transformer_weights_are_named(not_models, tmp_path):
+    root, cases = not_models
+    torch.save(random_state_dict(0), root / "vgg.pth")
+    cases = cases | {"vgg.pth": "62 of its 62 weights missing"}
+    state = _seeded_net().state_dict()
+    state["conv1.conv2d.weight"] = torch.zeros(32, 3, 3, 3)
+    torch.save(state, root / "shape.pth")
+    cases["shape.pth"] = "wrong shape or type for conv1.conv2d.weight"
+    for name, reason in cases.items():
+        with pytest.raises(ValueError) as info:
+            load_transformer(root / name)
+        message = str(info.value)
+        assert message.startswith(f"{root / name}: not a TransformerNet state_dict") and reason in message, message
+        assert "weights_only" not in message and "pass the right file" in message
+
+
+def test_files_that_are_not_vgg_weights_are_named(not_models):
+    root, cases = not_models
+    state = random_state_dict(0)
+    del state["features.21.bias"]
+    torch.save(state, root / "partial.pth")
+    cases = cases | {"partial.pth": "missing features.21.bias"}
+    for name, reason in cases.items():
+        with pytest.raises(ValueError) as info:
+            LossNetwork.from_file(root / name, ["relu2_2"])
+        message = str(info.value)
+        assert message.startswith(f"{root / name}: ") and "VGG16 state_dict" in message and reason in message, message
+        assert "weights_only" not in message and "stylepipe fetch loss-network" in message

@@ -190,15 +190,64 @@ def clean_state_dict(state_dict: dict) -> dict:
     return cleaned
 
 
+def read_weights(path: Path, what: str, fix: str, map_location: str | torch.device = "cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` of a dict, or a ValueError naming ``path``, what it should
+    have been and ``fix``, never torch's advice to load it unsafely."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # UnpicklingError, RuntimeError (zip reader), EOFError, ValueError, ...
+        raise ValueError(f"{path}: not a {what} ({_load_failure(err)}); {fix}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a {what} (it holds a {type(state).__name__}, not a dict of tensors); {fix}")
+    return state
+
+
+def _load_failure(err: Exception) -> str:
+    """torch.load's reason in a few words, without its advice to load the file with weights_only=False."""
+    text = str(err)
+    if isinstance(err, EOFError) or not text:
+        return "empty or cut-short file"
+    if "Unsupported global" in text:
+        return "a PyTorch file that holds Python objects besides tensors, e.g. a pickled model or a training checkpoint"
+    if "WeightsUnpickler" in text or "Weights only load failed" in text:
+        return "not a PyTorch weights file: corrupt or another kind of file"
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "damaged or truncated PyTorch file"
+    return "unreadable: " + text.split("\n")[0][:200]
+
+
+MODEL_FIX = "retrain it with `stylepipe train` or pass the right file"
+
+
 def load_transformer(path: str | Path, map_location: str | torch.device = "cpu") -> TransformerNet:
-    """Load a TransformerNet state_dict (ours or pytorch/examples', legacy keys dropped)."""
+    """Load a TransformerNet state_dict (ours or pytorch/examples', legacy keys dropped).
+
+    Anything else (another network's weights, a damaged or non-PyTorch file)
+    is a ValueError that names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found; train it with `stylepipe train` (or `snakemake {path}`)")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    what = "TransformerNet state_dict"
+    state = read_weights(path, what, MODEL_FIX, map_location)
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
         # a Lightning checkpoint: keep the transformer's weights
         state = {k[len("transformer."):]: v for k, v in state["state_dict"].items() if k.startswith("transformer.")}
+    state = clean_state_dict(state)
     net = TransformerNet()
-    net.load_state_dict(clean_state_dict(state), strict=True)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        found = f"; it has {', '.join(map(str, unexpected[:3]))}{', ...' if len(unexpected) > 3 else ''}" if unexpected else ""
+        raise ValueError(f"{path}: not a {what} ({len(missing)} of its {len(expected)} weights missing{found}); "
+                         f"{MODEL_FIX}")
+    wrong = [k for k, v in state.items()
+             if not isinstance(v, torch.Tensor) or v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{path}: not a {what} (wrong shape or type for {', '.join(wrong[:3])}"
+                         f"{', ...' if len(wrong) > 3 else ''}); {MODEL_FIX}")
+    net.load_state_dict(state, strict=True)
     return net.eval()

@@ -51,23 +51,38 @@ def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
 def _features_state(state: dict, path: Path) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
-        parts = key.split(".")
-        if len(parts) == 3 and parts[0] == "features" and int(parts[1]) < NUM_FEATURES:
+        parts = str(key).split(".")
+        if len(parts) == 3 and parts[0] == "features" and parts[1].isdigit() and int(parts[1]) < NUM_FEATURES:
             out[f"{parts[1]}.{parts[2]}"] = value
     if not out:
         raise ValueError(
             f"{path}: no `features.{{i}}.weight/bias` keys (i < {NUM_FEATURES}); "
             f"not a VGG16 state_dict. Re-{FETCH_HINT.format(path=path)}"
         )
+    expected = {k: v.shape for k, v in _shapes().items()}
+    missing = [f"features.{k}" for k in expected if k not in out]
+    wrong = [f"features.{k}" for k, v in out.items()
+             if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k])]
+    if missing or wrong:
+        problem = f"missing {', '.join(missing[:3])}" if missing else f"wrong shape for {', '.join(wrong[:3])}"
+        raise ValueError(f"{path}: not a VGG16 state_dict ({problem}). Re-{FETCH_HINT.format(path=path)}")
     return out
+
+
+def _shapes() -> dict[str, torch.Tensor]:
+    """The keys and shapes of ``features[:23]`` (on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        return make_layers(cfgs["D"], batch_norm=False)[:NUM_FEATURES].state_dict()
 
 
 def load_features_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a loss network file → state_dict of ``features[:23]`` (keys ``{i}.weight/bias``)."""
+    from stylepipe.models.transformer import read_weights
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"loss network weights {path} not found: " + FETCH_HINT.format(path=path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_weights(path, "VGG16 state_dict", "re-" + FETCH_HINT.format(path=path))
     return _features_state(state, path)
 
 
