@@ -361,3 +361,25 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
     assert fingerprint(tp | {"epochs": 7}, 42, 1, *files, data=setup / "content") == base
     assert fingerprint(tp | {"lr": 0.1}, 42, 1, *files, data=setup / "content") != base
     assert fingerprint(tp | {"devices": 4, "num_workers": 9}, 42, 1, *files, data=setup / "content") == base
+
+
+def test_folder_input_is_decoded_like_resize_and_unreadable_images_are_listed(tmp_path):
+    from stylepipe.datamodule import FolderImages
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    ramp = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(folder / "a_grey16.png")
+    rgba = np.zeros((32, 32, 4), np.uint8)  # fully transparent: white, as resize makes it
+    Image.fromarray(rgba, "RGBA").save(folder / "b_clear.png")
+    images = FolderImages(folder, 32)
+    assert images[0].float().mean().item() == pytest.approx(127.5, abs=1)
+    assert images[1].min().item() == 255
+
+    (folder / "c_empty.jpg").write_bytes(b"")
+    (folder / "d_text.png").write_text("not an image")
+    with pytest.raises(ValueError) as info:
+        FolderImages(folder, 32)
+    message = str(info.value)
+    assert "2 of 4 images cannot be read" in message and "stylepipe resize" in message
+    assert f"{folder / 'c_empty.jpg'}: empty file" in message and f"{folder / 'd_text.png'}: not an image" in message

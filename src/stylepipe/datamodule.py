@@ -24,6 +24,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from stylepipe.data.images import ImageError, load_rgb  # the one decoder: EXIF, 16-bit, alpha on white, clear errors
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -41,24 +43,35 @@ def resize_crop(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
-
-
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 class FolderImages(Dataset):
-    """A folder of images of any size → uint8 [3, size, size] tensors."""
+    """A folder of images of any size → uint8 [3, size, size] tensors.
+
+    Every image is decoded once up front: an unreadable one stops training
+    before the first step, listed with the reason, instead of some steps in.
+    """
 
     def __init__(self, folder: str | Path, size: int):
         self.paths = list_images(folder)
         if not self.paths:
             raise FileNotFoundError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         self.size = size
+        bad = []
+        for path in self.paths:
+            try:
+                load_rgb(path)
+            except ImageError as err:
+                bad.append(str(err))
+        if bad:
+            listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+            raise ValueError(
+                f"{folder}: {len(bad)} of {len(self.paths)} images cannot be read: {listed}. Remove or replace them, "
+                f"or run `stylepipe resize --input {folder} --output DIR --size {size}` (it skips unreadable images "
+                "and lists them in DIR/manifest.json) and train on DIR"
+            )
 
     def __len__(self) -> int:
         return len(self.paths)

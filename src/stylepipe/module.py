@@ -21,12 +21,17 @@ from stylepipe.models.vgg import LossNetwork, layer_names
 
 def load_style_image(path: str | Path, style_size: int | None) -> torch.Tensor:
     """The style image as a float [1, 3, H, W] batch in 0–255, long edge = ``style_size`` (aspect kept)."""
-    from stylepipe.datamodule import load_rgb, to_uint8_tensor
+    from stylepipe.data.images import ImageError, load_rgb
+    from stylepipe.datamodule import to_uint8_tensor
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"style image {path} not found; fetch it with `stylepipe fetch style` (or `snakemake {path}`)")
-    image = load_rgb(path)
+    try:
+        image = load_rgb(path)
+    except ImageError as err:
+        raise ImageError(path, f"unusable style image: {err.reason}; pass an image file "
+                               "(or fetch it again with `stylepipe fetch style`)") from err
     if style_size:
         scale = style_size / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
