@@ -164,15 +164,15 @@ def test_native_bf16_check_without_the_private_helpers(monkeypatch):
     assert stylize.native_bf16_cpu() is True
 
 
-def test_bf16_errors_name_the_model_and_flag(models, images, tmp_path):
+def test_bf16_errors_name_the_model_and_flag(models, images, tmp_path, capsys):
     _, pth, onnx = models
     with pytest.raises(ValueError, match=r"style\.onnx.*\.pth.*--precision fp32"):
         load_runner(onnx, "cpu", precision="bf16")
     with pytest.raises(ValueError, match="--engine onnxruntime.*--engine torch"):
         load_runner(pth, "cpu", engine="onnxruntime", precision="bf16")
-    with pytest.raises(ValueError, match="style.onnx"):
-        cli.main(["stylize", "--model", str(onnx), "--precision", "bf16", "--output", str(tmp_path),
-                  str(images / "a.png")])
+    assert cli.main(["stylize", "--model", str(onnx), "--precision", "bf16", "--output", str(tmp_path),
+                     str(images / "a.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"stylepipe stylize: error: {onnx}: an ONNX model runs in float32")
 
 
 def test_cli_says_what_runs(models, images, tmp_path, capsys):
@@ -181,3 +181,52 @@ def test_cli_says_what_runs(models, images, tmp_path, capsys):
                      "--output", str(tmp_path / "o.png"), str(images / "a.png")]) == 0
     captured = capsys.readouterr()
     assert "torch bf16 on cpu" in captured.err and "torch bf16 on cpu" in captured.out
+
+
+@pytest.mark.parametrize("flag,value", [("--max-size", "0"), ("--max-size", "-5"), ("--scale", "0"), ("--scale", "-1"),
+                                        ("--scale", "nan"), ("--batch-size", "0")])
+def test_non_positive_sizes_are_refused(models, images, tmp_path, capsys, flag, value):
+    _, pth, _ = models
+    with pytest.raises(SystemExit) as info:
+        cli.main(["stylize", "--model", str(pth), "--output", str(tmp_path / "o.png"), flag, value,
+                  str(images / "a.png")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and "positive" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_output_extension_names_the_format(models, images, tmp_path):
+    _, pth, _ = models
+    kwargs = dict(device="cpu", engine="torch", precision="fp32", progress=False)
+    for name, fmt in [("o.jpg", "JPEG"), ("o.JPEG", "JPEG"), ("o.png", "PNG"), ("o.webp", "WEBP"), ("o.tif", "TIFF")]:
+        (path,) = stylize_files(pth, [images / "a.png"], tmp_path / name, **kwargs)
+        with Image.open(path) as written:
+            assert (path.name, written.format, written.mode, written.size) == (name, fmt, "RGB", (53, 37))
+    # JPEG at high quality: close to the PNG
+    a, b = (np.asarray(Image.open(tmp_path / n), dtype=np.float32) for n in ("o.jpg", "o.png"))
+    assert np.abs(a - b).mean() < 2
+
+
+def test_ambiguous_or_destructive_outputs_are_refused_before_any_work(models, images, tmp_path, capsys):
+    _, pth, _ = models
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((images / "a.png").read_bytes())
+    cases = {
+        "names an image file, but 2 images": ["--output", tmp_path / "result.png", images / "a.png", images / "b.jpg"],
+        "cannot write .gif": ["--output", tmp_path / "o.gif", images / "a.png"],
+        "would replace it": ["--output", tmp_path, photo],
+        "would replace it ": ["--output", photo, photo],
+    }
+    for expected, args in cases.items():
+        assert cli.main(["stylize", "--model", str(pth), *map(str, args)]) == 2
+        assert expected.strip() in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+    assert photo.read_bytes() == (images / "a.png").read_bytes()
+
+
+def test_onnx_of_another_network_is_refused(tmp_path):
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(tmp_path / "other.onnx"),
+                      input_names=["x"], dynamo=False)
+    with pytest.raises(ValueError, match=r"other\.onnx: an ONNX model, but not a TransformerNet export"):
+        load_runner(tmp_path / "other.onnx", "cpu")

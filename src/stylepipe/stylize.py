@@ -23,7 +23,10 @@ from __future__ import annotations
 import argparse
 import glob
 import io
+import math
+import os
 import sys
+import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,10 +39,15 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from stylepipe.datamodule import IMAGE_SUFFIXES, load_rgb
+from stylepipe.data.images import ImageError, load_rgb, open_image
+from stylepipe.datamodule import IMAGE_SUFFIXES
 from stylepipe.io import atomic_path
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# what an --output image path may end with, and the format written; folders get {stem}.png
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                  ".bmp": "BMP"}
+SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}  # high quality, full-res colour
 
 
 @dataclass(frozen=True)
@@ -58,13 +66,34 @@ class Runner:
         return f"{self.engine} {self.precision} on {self.device}"
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive: give a value of at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="trained model: .pth state_dict or .onnx")
     parser.add_argument("--output", type=Path, default=Path("stylized"),
-                        help="output folder ({stem}.png per input), or an image path for a single input (default: stylized)")
-    parser.add_argument("--max-size", type=int, help="shrink images whose long edge is larger than this")
-    parser.add_argument("--scale", type=float, help="resize every image by this factor (after --max-size)")
-    parser.add_argument("--batch-size", type=int, default=4)
+                        help="output folder ({stem}.png per input), or, for a single input, an image path whose "
+                             f"extension names the format ({', '.join(OUTPUT_FORMATS)}) (default: stylized)")
+    parser.add_argument("--max-size", type=positive_int, help="shrink images whose long edge is larger than this")
+    parser.add_argument("--scale", type=positive_float, help="resize every image by this factor (after --max-size)")
+    parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="auto: PyTorch for bf16 and on CUDA/MPS, onnxruntime for fp32 on a CPU")
@@ -83,7 +112,7 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device available")
+        raise ValueError("--device cuda: no CUDA device available; use --device auto or cpu")
     return torch.device(name)
 
 
@@ -108,6 +137,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 def target_size(size: tuple[int, int], max_size: int | None = None, scale: float | None = None) -> tuple[int, int]:
     """(width, height) after shrinking the long edge to ``max_size`` and multiplying by ``scale``."""
     w, h = size
+    if (max_size is not None and max_size < 1) or (scale is not None and not scale > 0):
+        raise ValueError(f"max_size={max_size}, scale={scale}: both must be positive (or None)")
     factor = 1.0
     if max_size and max(w, h) > max_size:
         factor = max_size / max(w, h)
@@ -169,7 +200,19 @@ def _onnx_runner(model: bytes | str, device: torch.device) -> Runner:
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(model, providers=providers)
+    fix = "export it again with `stylepipe train --onnx`, or pass the .pth model"
+    try:
+        session = ort.InferenceSession(model, providers=providers)
+    except Exception as err:  # onnxruntime's InvalidProtobuf, InvalidArgument, Fail, ...
+        if isinstance(model, bytes):
+            raise
+        reason = str(err).rsplit(":", 1)[-1].strip() or type(err).__name__
+        raise ValueError(f"{model}: not an ONNX model (corrupt or another kind of file: {reason}); {fix}") from err
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != ["input"] or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
+        found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        raise ValueError(f"{model}: an ONNX model, but not a TransformerNet export (inputs: {found}; "
+                         f"expected one 'input' [batch, 3, height, width]); {fix}")
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         # the ONNX graph is TransformerNet.body: pad to a multiple of 4 and crop back, as forward() does
@@ -240,23 +283,92 @@ def preserve_color(stylized: Image.Image, content: Image.Image) -> Image.Image:
 
 
 def oriented_size(path: Path) -> tuple[int, int]:
-    """(width, height) as displayed, i.e. after the EXIF orientation, without decoding the pixels."""
-    with Image.open(path) as img:
+    """(width, height) as displayed, i.e. after the EXIF orientation, without decoding the pixels.
+
+    Raises ImageError for a file that is not an image (as ``load_rgb`` would).
+    """
+    with open_image(path) as img:
         w, h = img.size
-        orientation = img.getexif().get(0x0112, 1)
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # a broken EXIF block: load_rgb keeps the image as stored, so does this
+            orientation = 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def is_image_path(output: Path) -> bool:
+    """Whether ``--output`` names an image file (an extension Pillow knows) rather than a folder."""
+    suffix = output.suffix.lower()
+    return bool(suffix) and not output.is_dir() and (suffix in OUTPUT_FORMATS or suffix in IMAGE_SUFFIXES
+                                                     or suffix in Image.registered_extensions())
+
+
+def output_format(path: Path) -> str:
+    """The Pillow format written to ``path``: the one its extension names."""
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--output {path}: cannot write {path.suffix} images; "
+                         f"end the name with one of {', '.join(OUTPUT_FORMATS)}, or give a folder")
+    return fmt
+
+
 def output_paths(inputs: Sequence[Path], output: Path) -> list[Path]:
-    if len(inputs) == 1 and output.suffix.lower() in IMAGE_SUFFIXES:
-        return [output]
-    paths = [output / f"{p.stem}.png" for p in inputs]
+    """Where each input's result goes; refuses ambiguous or destructive combinations before any work."""
+    if is_image_path(output):
+        if len(inputs) != 1:
+            raise ValueError(f"--output {output} names an image file, but {len(inputs)} images were given: "
+                             "pass a folder as --output (each image becomes FOLDER/{stem}.png)")
+        output_format(output)
+        paths = [output]
+    else:
+        paths = [output / f"{p.stem}.png" for p in inputs]
     seen: dict[Path, Path] = {}
+    sources = {_same_file_key(p): p for p in inputs}
     for src, dst in zip(inputs, paths):
         if dst in seen:
             raise ValueError(f"{seen[dst]} and {src} would both be written to {dst}: rename one of them")
         seen[dst] = src
+        if _same_file_key(dst) in sources:
+            raise ValueError(f"{dst} is an input: writing its stylization there would replace it; "
+                             "choose another --output")
     return paths
+
+
+def _same_file_key(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def check_writable(folders: Iterable[Path]) -> None:
+    """Write a scratch file into each output folder, so an unusable --output fails before any work.
+
+    Folders created for the check are removed again (writing the images creates them).
+    """
+    for folder in dict.fromkeys(folders):
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".stylepipe-check.", dir=folder)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise ValueError(f"--output {folder}: cannot write there ({err.strerror or err}); "
+                             "choose a folder you can write to") from err
+        finally:
+            for path in created:  # deepest first; rmdir removes empty folders only
+                try:
+                    path.rmdir()
+                except OSError:
+                    continue
+
+
+class UnreadableImages(ValueError):
+    """Some inputs could not be read; all the others were stylized and written."""
+
+    def __init__(self, errors: Sequence[ImageError], written: Sequence[Path], total: int):
+        listed = "; ".join(str(e) for e in errors[:10]) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
+        super().__init__(f"{len(errors)} of {total} image(s) could not be read and were not stylized "
+                         f"({len(written)} written): {listed}. Replace or remove them and run again")
+        self.errors, self.written = list(errors), list(written)
 
 
 def stylize_files(
@@ -275,21 +387,39 @@ def stylize_files(
     """Stylize images into ``output``; returns the written paths (in input order).
 
     ``model`` is a model file, or a runner from `load_runner` (then ``device``,
-    ``engine`` and ``precision`` are its own).
+    ``engine`` and ``precision`` are its own). Images that cannot be read are
+    skipped; the others are written, then :class:`UnreadableImages` lists them.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
     paths = expand_inputs(inputs)
     outputs = output_paths(paths, Path(output))
+    formats = [output_format(p) for p in outputs]
     runner = model if isinstance(model, Runner) else load_runner(model, device, engine, precision)
     # group by target size so every batch is one tensor; decode each image only when its batch runs
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    unreadable: dict[int, ImageError] = {}
     for i, path in enumerate(paths):
-        groups[target_size(oriented_size(path), max_size, scale)].append(i)
+        try:
+            groups[target_size(oriented_size(path), max_size, scale)].append(i)
+        except ImageError as err:
+            unreadable[i] = err
     with tqdm(total=len(paths), desc="stylize", unit="img", disable=not progress) as bar:
+        bar.update(len(unreadable))
         for size, members in groups.items():
             for start in range(0, len(members), batch_size):
-                chunk = members[start : start + batch_size]
-                images = [load_rgb(paths[i]) for i in chunk]
-                images = [img if img.size == size else img.resize(size, Image.Resampling.LANCZOS) for img in images]
+                chunk, images = [], []
+                for i in members[start : start + batch_size]:
+                    try:
+                        img = load_rgb(paths[i])
+                    except ImageError as err:  # truncated or corrupt data: only decoding finds out
+                        unreadable[i] = err
+                        bar.update(1)
+                        continue
+                    chunk.append(i)
+                    images.append(img if img.size == size else img.resize(size, Image.Resampling.LANCZOS))
+                if not chunk:
+                    continue
                 batch = torch.stack([torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1) for img in images])
                 result = stylize_tensor(runner, batch.float())
                 for i, img, out in zip(chunk, images, result):
@@ -297,15 +427,18 @@ def stylize_files(
                     if preserve_colors:
                         pil = preserve_color(pil, img)
                     with atomic_path(outputs[i]) as tmp:
-                        pil.save(tmp, format="PNG")
+                        pil.save(tmp, format=formats[i], **SAVE_OPTIONS.get(formats[i], {}))
                 bar.update(len(chunk))
+    if unreadable:
+        written = [p for i, p in enumerate(outputs) if i not in unreadable]
+        raise UnreadableImages([unreadable[i] for i in sorted(unreadable)], written, len(paths))
     return outputs
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise SystemExit("stylepipe stylize: --batch-size must be at least 1")
-    inputs = expand_inputs(args.inputs)  # a wrong input fails before the model loads
+    # wrong inputs and outputs fail before the model loads
+    inputs = expand_inputs(args.inputs)
+    check_writable(p.parent for p in output_paths(inputs, args.output))
     runner = load_runner(args.model, args.device, args.engine, args.precision)
     print(f"stylepipe stylize: {args.model} runs in {runner}", file=sys.stderr)
     written = stylize_files(
