@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_uint8(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    from stylepipe.datamodule import load_rgb
+    from stylepipe.data.images import load_rgb
 
     image = load_rgb(path)
     if size is not None and image.size != size:
@@ -126,6 +126,19 @@ def stylize_speed(runner: Callable[[torch.Tensor], torch.Tensor], size: int, ima
     return images / (time.perf_counter() - start)
 
 
+def _train_summary(path: Path) -> dict:
+    """The training run's summary.json, or an error naming it."""
+    fix = "run `stylepipe train` again to write it (or pass the right --train-summary)"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training summary not found; {fix}")
+    try:
+        summary = read_json(path)
+        values = {key: float(summary[key]) for key in ("images_per_s", "wall_time_s")}
+    except (ValueError, TypeError, KeyError) as err:  # bad JSON, a missing or non-numeric value
+        raise ValueError(f"{path}: not a training summary ({type(err).__name__}: {err}); {fix}") from err
+    return values
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     from stylepipe.models.transformer import load_transformer
     from stylepipe.stylize import load_runner
@@ -135,11 +148,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(params["seed"])
 
+    # every input checked before the slow part
     pairs = image_pairs(args.eval_images, args.stylized)
+    summary = _train_summary(args.train_summary)
+    model = load_transformer(args.model)
     metrics = loss_metrics(pairs, args.style_image, args.loss_network, train, device)
 
-    summary = read_json(args.train_summary)
-    model = load_transformer(args.model)
     speed = params["evaluate"]
     # as the stylize step runs it: its default device, engine and the params' precision
     runner = load_runner(args.model, precision=params["stylize"]["precision"])
