@@ -315,6 +315,36 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
+OUTPUT_FLAGS = ("model", "onnx", "checkpoint", "summary", "curves")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Create --scratch and every output's folder and write a scratch file into each; refuse outputs
+    that are folders or that name the same file twice. Raises ValueError naming the flag and the path."""
+    import os
+    import tempfile
+
+    files = {flag: getattr(args, flag) for flag in OUTPUT_FLAGS if getattr(args, flag, None) is not None}
+    seen: dict[str, str] = {}
+    for flag, path in files.items():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise ValueError(f"--{seen[key]} and --{flag} are both {path}: give each output its own file")
+        seen[key] = flag
+        if path.is_dir():
+            raise ValueError(f"--{flag} {path}: is a folder; give a file path")
+    folders = {args.scratch: "scratch", **{path.parent: flag for flag, path in files.items()}}
+    for folder, flag in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".stylepipe-check.", dir=folder)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise ValueError(f"--{flag}: cannot write to {folder} ({err.strerror or err}); "
+                             "choose a folder you can write to") from err
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tp = train_params(params, args.style)
@@ -339,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise FileNotFoundError(f"{args.data}: training data not found; create it with `stylepipe resize` "
                                 f"(or `snakemake {args.data}`), or pass a folder of images")
-    args.scratch.mkdir(parents=True, exist_ok=True)
+    check_outputs(args)  # before any training: an output that cannot be written fails now, not at the end
 
     datamodule = ContentDataModule(args.data, tp["image_size"], tp["batch_size"], tp["val_images"], seed, tp["num_workers"])
     module = StyleTransferModule(
