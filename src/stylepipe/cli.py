@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from stylepipe import __version__
@@ -24,6 +25,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("stylepipe.report", "collect all styles' metrics and draw the gallery"),
     "compare": ("stylepipe.compare", "compare params, metrics, curves and images across git revisions"),
 }
+
+
+# What bad input raises: a params error (ParamsError), a missing, unreadable or
+# unwritable file (OSError: FileNotFoundError, PermissionError, ...), a file
+# that is not what it should be (ValueError: image, model, JSON, ...). The
+# steps raise these with messages that name the file or key and the fix; they
+# end the command with one line and status 2. Anything else is a bug and keeps
+# its traceback (status 1); STYLEPIPE_TRACEBACK=1 shows one for these too.
+USER_ERRORS = (ParamsError, OSError, ValueError)
+
+
+def user_message(err: BaseException) -> str:
+    """One line: an OSError as 'file: reason', anything else as its message."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        where = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+        return f"{where}: {err.strerror}"
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -51,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.main(args) or 0)
-    except ParamsError as err:
-        print(f"stylepipe {name}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if os.environ.get("STYLEPIPE_TRACEBACK"):
+            raise
+        print(f"stylepipe {name}: error: {user_message(err)}", file=sys.stderr)
         return 2

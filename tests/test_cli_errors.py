@@ -1,0 +1,230 @@
+"""Bad input on the command line: one line `stylepipe <cmd>: error: ...` naming the file, status 2, nothing lost.
+
+Real files and real commands: scikit-image's sample photographs, a randomly
+initialised TransformerNet, a seeded random loss network.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylepipe import cli
+from stylepipe.models.transformer import TransformerNet
+from stylepipe.models.vgg import random_state_dict
+
+FP32 = ["--device", "cpu", "--engine", "torch", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("files")
+    photo = skimage.data.astronaut()
+    torch.manual_seed(0)
+    net = TransformerNet().eval()
+    with torch.no_grad():  # spread the output over about 0-255, as a trained network's: a random one stays near 0
+        y = net(torch.from_numpy(photo[:64, :64].copy()).permute(2, 0, 1)[None].float())
+        scale = 50 / y.std()
+        net.deconv3.conv2d.weight.mul_(scale)
+        net.deconv3.conv2d.bias.mul_(scale).add_(127.5 - scale * y.mean())
+    torch.save(net.state_dict(), root / "model.pth")
+    torch.save(random_state_dict(0), root / "vgg.pth")
+    content = root / "content"
+    content.mkdir()
+    for i in range(6):  # 6 images: batch 2 + 2 held out for validation, with room to spare
+        Image.fromarray(photo[40 * i : 40 * i + 48, 100:164]).save(content / f"photo{i}.jpg", quality=90)
+    Image.fromarray(photo[:40, 200:270]).save(root / "style.png")
+    data = (content / "photo0.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "notes.png").write_text("not an image\n")
+    (root / "fake.pth").write_text("x\n")
+    (root / "a_file").write_text("a file, not a folder\n")
+    return root
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def one_error_line(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith(f"stylepipe {command}: error: ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --- 1. one image loader everywhere ---------------------------------------------------------------
+
+def test_truncated_input_is_named_and_the_others_are_written(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "stylize", "--model", files / "model.pth", "--output", out, *FP32,
+                        files / "content" / "photo1.jpg", files / "truncated.jpg", files / "notes.png")
+    assert code == 2
+    line = one_error_line(err, "stylize")
+    assert "truncated.jpg: " in line and "truncated" in line.lower() and "notes.png: not an image" in line
+    assert "2 of 3" in line
+    assert sorted(p.name for p in out.iterdir()) == ["photo1.png"]  # the good image is not lost
+
+
+def test_16_bit_and_transparent_inputs_decode_like_their_8_bit_rgb_equivalents(files, tmp_path, capsys):
+    ramp = np.tile(np.linspace(0, 65535, 40).round().astype(np.uint16), (24, 1))
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")  # mode I;16
+    grey8 = np.rint(ramp / 65535 * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey8] * 3, axis=-1)).save(tmp_path / "grey8.png")
+    rgba = np.zeros((24, 40, 4), np.uint8)
+    rgba[:12] = (200, 30, 30, 255)  # top half opaque red, bottom half fully transparent (black underneath)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    on_white = np.full((24, 40, 3), 255, np.uint8)
+    on_white[:12] = (200, 30, 30)
+    Image.fromarray(on_white).save(tmp_path / "white.png")
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "stylize", "--model", files / "model.pth", "--output", out, *FP32,
+                        *(tmp_path / n for n in ("grey16.png", "grey8.png", "alpha.png", "white.png")))
+    assert code == 0, err
+    read = lambda name: np.asarray(Image.open(out / name))  # noqa: E731
+    assert read("grey8.png").std() > 20  # the network's output really depends on its input
+    assert np.array_equal(read("grey16.png"), read("grey8.png"))
+    assert np.array_equal(read("alpha.png"), read("white.png"))
+
+
+def test_style_image_decodes_16_bit_and_refuses_a_non_image(files, tmp_path, tiny_params_file, capsys):
+    from stylepipe.module import load_style_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(tmp_path / "style16.png")
+    assert load_style_image(tmp_path / "style16.png", None).mean().item() == pytest.approx(127.5, abs=1)
+    code, err = run_cli(capsys, *train_args(files, tmp_path, tiny_params_file, style_image=files / "notes.png"))
+    assert code == 2
+    line = one_error_line(err, "train")
+    assert "notes.png" in line and "not an image" in line
+    assert not list((tmp_path / "scratch").glob("**/*.ckpt"))
+
+
+def train_args(files: Path, tmp_path: Path, params: Path, **override) -> list:
+    values = {"data": files / "content", "style_image": files / "style.png", "loss_network": files / "vgg.pth",
+              "model": tmp_path / "out" / "m.pth", "scratch": tmp_path / "scratch", **override}
+    args = ["train", "--params", params, "--style", "waves"]
+    for key, value in values.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return args
+
+
+def test_training_folder_with_a_truncated_jpeg_stops_before_the_first_step(files, tmp_path, tiny_params_file, capsys):
+    import shutil
+
+    data = tmp_path / "content"
+    shutil.copytree(files / "content", data)
+    shutil.copy(files / "truncated.jpg", data / "photo9.jpg")
+    code, err = run_cli(capsys, *train_args(files, tmp_path, tiny_params_file, data=data))
+    assert code == 2
+    line = one_error_line(err, "train")
+    assert str(data / "photo9.jpg") in line and "truncated" in line.lower() and "stylepipe resize" in line
+    assert not list((tmp_path / "scratch").glob("**/*.ckpt")) and not (tmp_path / "out" / "m.pth").exists()
+
+
+# --- 2. user errors: one line, status 2 ---------------------------------------------------------------
+
+def test_stylize_user_errors(files, tmp_path, capsys):
+    model, photo = files / "model.pth", files / "content" / "photo1.jpg"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x").mkdir()
+    Image.open(photo).save(tmp_path / "x" / "photo1.png")
+    out = tmp_path / "new" / "out"
+    cases = {
+        "nothere.pth": ["--model", tmp_path / "nothere.pth", "--output", out, photo],
+        "empty": ["--model", model, "--output", out, tmp_path / "empty"],
+        "would both be written": ["--model", model, "--output", out, photo, tmp_path / "x" / "photo1.png"],
+        "a_file": ["--model", model, "--output", files / "a_file" / "out", photo],
+    }
+    for expected, args in cases.items():
+        code, err = run_cli(capsys, "stylize", *FP32, *args)
+        assert code == 2, args
+        assert expected in one_error_line(err, "stylize")
+    assert not (tmp_path / "new").exists(), "a failed command left an output folder behind"
+
+
+def test_report_and_evaluate_user_errors(files, tmp_path, tiny_params_file, capsys):
+    (tmp_path / "bad.json").write_text("{")
+    eval_dir, partial = tmp_path / "eval", tmp_path / "partial"
+    eval_dir.mkdir()
+    partial.mkdir()
+    for name in ("a", "b"):
+        Image.open(files / "content" / "photo1.jpg").save(eval_dir / f"{name}.png")
+    Image.open(files / "content" / "photo1.jpg").save(partial / "a.png")
+    (tmp_path / "summary.json").write_text(json.dumps({"images_per_s": 1.0, "wall_time_s": 2.0}))
+
+    code, err = run_cli(capsys, "report", "--metrics", tmp_path / "bad.json", "--eval-images", eval_dir,
+                        "--stylized-root", tmp_path, "--output", tmp_path / "m.json", "--gallery", tmp_path / "g.png")
+    assert code == 2 and one_error_line(err, "report")
+    assert not (tmp_path / "m.json").exists()
+
+    evaluate = ["evaluate", "--params", tiny_params_file, "--style", "waves", "--model", files / "model.pth",
+                "--eval-images", eval_dir, "--style-image", files / "style.png", "--loss-network", files / "vgg.pth",
+                "--output", tmp_path / "metrics.json"]
+    code, err = run_cli(capsys, *evaluate, "--stylized", partial, "--train-summary", tmp_path / "summary.json")
+    assert code == 2 and str(partial / "b.png") in one_error_line(err, "evaluate")
+    code, err = run_cli(capsys, *evaluate, "--stylized", eval_dir, "--train-summary", tmp_path / "bad.json")
+    assert code == 2 and "bad.json" in one_error_line(err, "evaluate")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_real_command_prints_no_traceback(files, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "stylepipe", "stylize", "--model", str(files / "fake.pth"),
+                           "--output", str(tmp_path), str(files / "content" / "photo1.jpg")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("stylepipe stylize: error: ") and "fake.pth" in proc.stderr
+
+
+def test_traceback_on_request(files, monkeypatch):
+    monkeypatch.setenv("STYLEPIPE_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        cli.main(["stylize", "--model", str(files / "model.pth"), str(files / "nothere.jpg")])
+
+
+# --- 3. files that are not models ------------------------------------------------------------------
+
+def test_files_that_are_not_models(files, tmp_path, capsys):
+    data = (files / "model.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "fake.onnx").write_text("x\n")
+    photo = files / "content" / "photo1.jpg"
+    for model, reason in [(files / "fake.pth", "not a PyTorch weights file"), (files / "vgg.pth", "weights missing"),
+                          (tmp_path / "cut.pth", "truncated"), (tmp_path / "fake.onnx", "not an ONNX model")]:
+        code, err = run_cli(capsys, "stylize", "--model", model, "--output", tmp_path / "out", photo)
+        assert code == 2
+        line = one_error_line(err, "stylize")
+        assert str(model) in line and reason in line and "weights_only" not in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_train_with_a_fake_loss_network(files, tmp_path, tiny_params_file, capsys):
+    code, err = run_cli(capsys, *train_args(files, tmp_path, tiny_params_file, loss_network=files / "fake.pth"))
+    assert code == 2
+    line = one_error_line(err, "train")
+    assert "fake.pth: not a VGG16 state_dict" in line and "stylepipe fetch loss-network" in line
+
+
+# --- 6. train checks its outputs before training --------------------------------------------------
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_train_refuses_an_unwritable_output_before_training(files, tmp_path, tiny_params_file, capsys, where):
+    model = files / "a_file" / "m.pth" if where == "under_a_file" else Path("/proc/nope/m.pth")
+    if where == "proc" and not Path("/proc").is_dir():
+        pytest.skip("no /proc")
+    code, err = run_cli(capsys, *train_args(files, tmp_path, tiny_params_file, model=model))
+    assert code == 2
+    line = one_error_line(err, "train")
+    assert "--model" in line and str(model.parent) in line
+    assert not list((tmp_path / "scratch").glob("**/*.ckpt")), "trained before checking its outputs"
