@@ -165,7 +165,7 @@ def test_report_and_evaluate_user_errors(files, tmp_path, tiny_params_file, caps
 
     code, err = run_cli(capsys, "report", "--metrics", tmp_path / "bad.json", "--eval-images", eval_dir,
                         "--stylized-root", tmp_path, "--output", tmp_path / "m.json", "--gallery", tmp_path / "g.png")
-    assert code == 2 and one_error_line(err, "report")
+    assert code == 2 and "bad.json: not valid JSON" in one_error_line(err, "report")
     assert not (tmp_path / "m.json").exists()
 
     evaluate = ["evaluate", "--params", tiny_params_file, "--style", "waves", "--model", files / "model.pth",

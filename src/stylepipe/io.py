@@ -44,4 +44,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:  # a ValueError: the commands report it in one line
+        raise ValueError(f"{path}: not valid JSON ({err}); rerun the step that writes it") from None
