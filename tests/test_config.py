@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_params_dict
-from stylepipe.config import ParamsError, load_params, train_params, style_source
+from stylepipe.config import ParamsError, load_params, style_source, train_params, validate
 
 
 def _write(tmp_path, params):
@@ -56,3 +56,90 @@ def test_bad_params_name_the_key(tmp_path, mutate, key):
     with pytest.raises(ParamsError) as err:
         load_params([_write(tmp_path, params)])
     assert key in str(err.value)
+
+
+def _overlay(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_overlay_naming_a_source_replaces_the_base_source(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    over = _overlay(tmp_path, "over.yaml", {"data": {"content": {"folder": str(photos)}}})
+    params = load_params([REPO / "params.yaml", over])
+    assert params["data"]["content"] == {"folder": str(photos)}  # no url/md5 of params.yaml mixed in
+
+    # the other way round: a url (with its checksum) replaces skimage
+    over = _overlay(tmp_path, "url.yaml", {"data": {"content": {"url": "file:///d/train.zip", "md5": "0" * 32}}})
+    params = load_params([REPO / "config/demo.yaml", over])
+    assert params["data"]["content"] == {"url": "file:///d/train.zip", "md5": "0" * 32}
+
+    # a checksum alone names no source: it merges into the base's url source
+    over = _overlay(tmp_path, "md5.yaml", {"data": {"content": {"md5": "1" * 32}}})
+    params = load_params([REPO / "params.yaml", over])
+    assert params["data"]["content"] == {"url": "http://images.cocodataset.org/zips/train2014.zip", "md5": "1" * 32}
+
+
+def test_overlay_switching_a_style_source_keeps_its_overrides(tmp_path):
+    style = tmp_path / "waves.png"
+    style.write_bytes(b"not read here")
+    base = tiny_params_dict()
+    base["styles"]["waves"].update(style_weight=5.0e+9, resources={"mem_mb": 1000})
+    base_file = _overlay(tmp_path, "base.yaml", base)
+    over = _overlay(tmp_path, "over.yaml", {"styles": {"waves": {"file": str(style), "tv_weight": 1.0e-6}}})
+    params = load_params([base_file, over])
+    assert style_source(params, "waves") == {"file": str(style)}
+    assert params["styles"]["waves"]["resources"] == {"mem_mb": 1000}
+    tp = train_params(params, "waves")
+    assert tp["style_weight"] == 5.0e+9 and tp["tv_weight"] == 1.0e-6
+    assert style_source(params, "mosaic") == {"generate": "mosaic"}  # other styles untouched
+
+    # over the shipped demo config, as README suggests
+    params = load_params([REPO / "config/demo.yaml", over])
+    assert style_source(params, "waves") == {"file": str(style)}
+
+
+def test_null_removes_a_source_key(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    over = _overlay(tmp_path, "over.yaml",
+                    {"data": {"content": {"url": None, "md5": None, "folder": str(photos)}},
+                     "styles": {"candy": {"url": None, "generate": "dots"}}})
+    params = load_params([REPO / "params.yaml", over])
+    assert params["data"]["content"] == {"folder": str(photos)}
+    assert style_source(params, "candy") == {"generate": "dots"}
+    # the same merged by hand (as Snakemake merges --configfile overlays) validates too
+    merged = yaml.safe_load((REPO / "params.yaml").read_text())
+    merged["data"]["content"].update(url=None, md5=None, folder=str(photos))
+    validate(merged)
+
+
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        ("content", {"url": "http://h/a.zip", "md5": "0" * 32, "folder": "/x"},
+         "key data.content gives both url and folder: give one source"),
+        ("content", {"skimage": ["astronaut"], "folder": "/x", "url": "http://h/a.zip"},
+         "key data.content gives url, folder and skimage: give one source"),
+        ("content", {"md5": "0" * 32}, "key data.content gives no source: give one of url, folder, skimage"),
+        ("content", {"folder": "/x", "md5": "0" * 32}, "key data.content.md5: a checksum goes with a url"),
+        ("style", {"generate": "waves", "file": "w.png"}, "key styles.waves gives both file and generate"),
+        ("style", {"generate": None, "style_weight": 1.0}, "key styles.waves gives no source"),
+        ("eval", {"name": "x", "skimage": "astronaut", "url": "http://h/x.jpg"},
+         "key data.eval[0] (x) gives both url and skimage"),
+    ],
+)
+def test_two_sources_or_none_say_so(tmp_path, where, value, message):
+    params = tiny_params_dict()
+    if where == "content":
+        params["data"]["content"] = value
+    elif where == "style":
+        params["styles"]["waves"] = value
+    else:
+        params["data"]["eval"][0] = value
+    with pytest.raises(ParamsError) as err:
+        load_params([_write(tmp_path, params)])
+    assert message in str(err.value)
+    assert str(tmp_path / "p.yaml") in str(err.value)

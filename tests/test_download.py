@@ -7,6 +7,7 @@ import http.server
 import io
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -152,6 +153,57 @@ def test_existing_verified_file_is_reused(server, tmp_path):
     assert Handler.requests == []
 
 
+def test_wrong_file_at_the_output_is_kept_and_named_not_replaced(server, tmp_path):
+    # e.g. copied by hand into the download cache on an offline machine
+    placed = tmp_path / "data.bin"
+    placed.write_bytes(b"fake\n")
+    found = hashlib.sha256(b"fake\n").hexdigest()
+    start = time.monotonic()
+    with pytest.raises(ChecksumError) as err:
+        download(f"{server}/ok/data.bin", placed, sha256=SHA256[:8], progress=False)
+    assert time.monotonic() - start < 5  # no network retries
+    message = str(err.value)
+    assert str(placed) in message and SHA256[:8] in message and found in message and "wrong file?" in message
+    assert placed.read_bytes() == b"fake\n"  # kept as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
+    assert Handler.requests == []  # nothing downloaded over it
+
+    # moved away (as the message says), the download proceeds
+    placed.rename(tmp_path / "mine.bin")
+    download(f"{server}/ok/data.bin", placed, sha256=SHA256[:8], progress=False)
+    assert placed.read_bytes() == PAYLOAD
+
+
+def test_cli_fetch_reports_a_wrong_cached_file_and_keeps_it(server, tmp_path, capsys):
+    import yaml
+
+    from conftest import tiny_params_dict
+
+    Handler.files["vgg16-397923af.pth"] = PAYLOAD
+    params = tiny_params_dict()
+    params["loss_network"] = {"weights": "imagenet", "url": f"{server}/ok/vgg16-397923af.pth", "sha256": SHA256[:8]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    cached = tmp_path / "dl" / server.split("//")[1].replace(":", "_") / "ok" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"fake\n")
+    rc = cli(["fetch", "loss-network", "--params", str(tmp_path / "p.yaml"), "--output", str(tmp_path / "x.pth"),
+              "--downloads", str(tmp_path / "dl")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "key loss_network.url" in err and str(cached) in err and "wrong file?" in err
+    assert cached.read_bytes() == b"fake\n" and Handler.requests == []
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_complete_but_wrong_part_is_a_failed_download_and_discarded(server, tmp_path):
+    # a .part is this program's own download: resumed while short (see above), and
+    # once complete but wrong it is the download that failed, not a file of the user's
+    (tmp_path / "data.bin.part").write_bytes(b"x" * len(PAYLOAD))
+    with pytest.raises(ChecksumError, match="was discarded"):
+        download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cache_path_mirrors_the_url():
     from stylepipe.data.download import cache_path
 
@@ -168,6 +220,16 @@ def test_file_url(tmp_path):
     src.write_bytes(PAYLOAD)
     out = download(src.as_uri(), tmp_path / "copy.bin", sha256=SHA256, progress=False)
     assert out.read_bytes() == PAYLOAD
+
+
+def test_missing_file_url_fails_at_once_with_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "src.bin"
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download(missing.as_uri(), tmp_path / "copy.bin", sha256=SHA256, backoff=10, progress=False)
+    assert time.monotonic() - start < 5  # not retried: a missing local file does not appear by waiting
+    assert str(missing) in str(err.value) and "does not exist" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_requires_a_checksum_and_reports_errors(server, tmp_path, capsys):

@@ -182,3 +182,21 @@ def test_unknown_skimage_sample_lists_the_bundled_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no_such_sample" in err and "astronaut" in err and "data.content.skimage" in err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["params.yaml"]  # no zip, no temp file left
+
+
+def test_unreadable_cached_style_image_is_moved_aside_not_deleted(tmp_path, capsys):
+    # copied by hand into the cache (or an HTML page a server sent instead of the image)
+    params = tiny_params_dict()
+    params["styles"]["candy"] = {"url": "http://127.0.0.1:9/images/candy.jpg"}  # no checksum: reused as is
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    cached = tmp_path / "dl" / "127.0.0.1_9" / "images" / "candy.jpg"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"<html>not an image</html>")
+    assert _fetch("style", "--params", str(tmp_path / "p.yaml"), "--style", "candy",
+                  "--output", str(tmp_path / "candy.png"), "--downloads", str(tmp_path / "dl")) == 1
+    err = capsys.readouterr().err
+    aside = cached.with_name("candy.jpg.not-an-image")
+    assert "styles.candy" in err and str(cached) in err and str(aside) in err
+    assert aside.read_bytes() == b"<html>not an image</html>"  # kept
+    assert not cached.exists()  # the next run downloads it again
+    assert not (tmp_path / "candy.png").exists()

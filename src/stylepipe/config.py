@@ -1,8 +1,15 @@
 """params.yaml: loading, merging overlays, validating, per-style views.
 
 params.yaml is the only home of values. Every command takes ``--params FILE
-[FILE ...]``: the files are deep-merged in order, exactly as Snakemake merges
-``--configfile`` overlays, then validated against ``params.schema.yaml``.
+[FILE ...]``: the files are deep-merged in order (:func:`merge_params`), then
+validated against ``params.schema.yaml``.
+
+Sources are the exception to the deep merge: an overlay that names a source
+(``url``, ``file``, ``folder``, ``skimage`` or ``generate``) under
+``data.content`` or ``styles.<name>`` replaces the base's source keys (its
+checksum included) instead of being mixed with them; a style's other keys
+(train overrides, ``resources``) still merge. A source key set to null is
+removed.
 """
 
 from __future__ import annotations
@@ -11,11 +18,16 @@ import copy
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
-SOURCE_KEYS = ("url", "md5", "sha256", "file", "skimage", "generate")
+# What names a source, per kind of mapping; md5/sha256 go with url.
+IMAGE_SOURCE_KINDS = ("url", "file", "skimage", "generate")  # styles.<name>, data.eval[i]
+CONTENT_SOURCE_KINDS = ("url", "folder", "skimage")  # data.content
+CHECKSUM_KEYS = ("md5", "sha256")
+SOURCE_KEYS = ("url", "md5", "sha256", "file", "skimage", "generate")  # of a style entry
+_ALL_SOURCE_KEYS = IMAGE_SOURCE_KINDS + CONTENT_SOURCE_KINDS + CHECKSUM_KEYS
 
 
 class ParamsError(ValueError):
@@ -38,6 +50,53 @@ def deep_merge(base: Mapping, overlay: Mapping) -> dict:
     return merged
 
 
+def _source_mappings(params: Any) -> Iterator[tuple[str, dict, tuple[str, ...]]]:
+    """``(key, mapping, kinds)`` for every source mapping present in ``params``."""
+    if not isinstance(params, Mapping):
+        return
+    data = params.get("data")
+    if isinstance(data, Mapping):
+        if isinstance(data.get("content"), Mapping):
+            yield "data.content", data["content"], CONTENT_SOURCE_KINDS
+        if isinstance(data.get("eval"), list):
+            for i, item in enumerate(data["eval"]):
+                if isinstance(item, Mapping):
+                    name = f" ({item['name']})" if isinstance(item.get("name"), str) else ""
+                    yield f"data.eval[{i}]{name}", item, IMAGE_SOURCE_KINDS
+    styles = params.get("styles")
+    if isinstance(styles, Mapping):
+        for name, entry in styles.items():
+            if isinstance(entry, Mapping):
+                yield f"styles.{name}", entry, IMAGE_SOURCE_KINDS
+
+
+def _names_source(mapping: Mapping, kinds: tuple[str, ...]) -> list[str]:
+    return [k for k in kinds if mapping.get(k) is not None]
+
+
+def _drop_null_sources(params: dict) -> dict:
+    """``params`` with every source key whose value is null removed (in place)."""
+    for _, mapping, _ in _source_mappings(params):
+        for key in [k for k, v in mapping.items() if k in _ALL_SOURCE_KEYS and v is None]:
+            del mapping[key]
+    return params
+
+
+def merge_params(base: Mapping, overlay: Mapping) -> dict:
+    """Merge the params ``overlay`` onto ``base``: :func:`deep_merge`, except that a
+    source named in the overlay replaces the base's source (module docstring)."""
+    base = copy.deepcopy(dict(base))
+    overlay_sources = {key: (mapping, kinds) for key, mapping, kinds in _source_mappings(overlay)}
+    for key, mapping, kinds in _source_mappings(base):
+        if key.startswith("data.eval"):
+            continue  # a list: the overlay's replaces it whole anyway
+        new = overlay_sources.get(key)
+        if new is not None and _names_source(new[0], kinds):
+            for k in [k for k in mapping if k in _ALL_SOURCE_KEYS]:
+                del mapping[k]
+    return _drop_null_sources(deep_merge(base, overlay))
+
+
 def load_params(paths: Iterable[str | Path]) -> dict:
     """Read, merge and validate params files; raises ParamsError naming the bad key."""
     paths = [Path(p) for p in paths]
@@ -53,7 +112,7 @@ def load_params(paths: Iterable[str | Path]) -> dict:
             raise ParamsError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(data, Mapping):
             raise ParamsError(f"{path}: must be a mapping of keys to values")
-        merged = deep_merge(merged, data)
+        merged = merge_params(merged, data)
     validate(merged, source=" + ".join(str(p) for p in paths))
     return merged
 
@@ -83,9 +142,33 @@ def _describe(error: "jsonschema.ValidationError") -> str:
     return f"key {key}: {error.message}{_hint(error)}"
 
 
+def _one_source(key: str, mapping: Mapping, kinds: tuple[str, ...]) -> str | None:
+    """What is wrong with a source mapping that does not give exactly one source."""
+    given = _names_source(mapping, kinds)
+    if len(given) > 1:
+        both = " and ".join(given) if len(given) == 2 else f"{', '.join(given[:-1])} and {given[-1]}"
+        return (f"key {key} gives {'both ' if len(given) == 2 else ''}{both}: give one source "
+                f"(setting a key to null removes it)")
+    if not given:
+        return f"key {key} gives no source: give one of {', '.join(kinds)}"
+    for checksum in CHECKSUM_KEYS:
+        if mapping.get(checksum) is not None and given != ["url"]:
+            return f"key {key}.{checksum}: a checksum goes with a url, not with {given[0]}; remove it"
+    return None
+
+
 def validate(params: Mapping, source: str = "params") -> None:
-    """Validate merged params against the schema and the per-style rules."""
+    """Validate merged params against the schema and the per-style rules.
+
+    Source keys set to null count as absent (as :func:`merge_params` drops them).
+    """
     import jsonschema  # here: code that only builds a Trainer from params (benchmarks) runs without it
+
+    params = _drop_null_sources(copy.deepcopy(dict(params)))
+    for key, mapping, kinds in _source_mappings(params):
+        problem = _one_source(key, mapping, kinds)
+        if problem:
+            raise ParamsError(f"{source}: {problem}")
 
     schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)

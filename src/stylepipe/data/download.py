@@ -6,7 +6,10 @@
 - verified: md5 or sha256, a hex prefix of at least 8 digits is enough (as
   torch.hub names its files, e.g. ``vgg16-397923af.pth``);
 - atomic: ``PATH`` appears only after verification; a mismatch deletes the
-  bad ``.part`` and leaves nothing under ``PATH``;
+  bad ``.part`` (this program's own download) and leaves nothing under ``PATH``;
+- a file already at ``PATH`` (e.g. copied there by hand) is reused if it
+  verifies; if it does not, it is left untouched and the error names it with
+  the checksum found and the one expected: nothing is downloaded over it;
 - ``--extract``: the verified zip/tar archive is unpacked into the folder
   ``PATH`` (see :mod:`stylepipe.data.archive`).
 
@@ -107,6 +110,14 @@ def _matches(path: Path, check: tuple[str, str] | None, progress: bool) -> tuple
     return actual.startswith(check[1]), actual
 
 
+def _local_path(url: str) -> Path | None:
+    """The file a ``file://`` URL names, or None for other URLs."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "file":
+        return None
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
 def _open(url: str, offset: int, timeout: float):
     headers = {"User-Agent": f"stylepipe/{__version__}"}
     if offset:
@@ -185,11 +196,25 @@ def download(
         return output
 
     if output.is_file():
-        ok, _ = _matches(output, check, progress)
+        ok, actual = _matches(output, check, progress)
         if ok:
-            return output  # already downloaded and verified
-        output.unlink()
+            return output  # already downloaded (or copied here) and verified
+        # Only a verified download is ever renamed to ``output``, so this file was put
+        # here some other way (by hand, on an offline machine): a wrong copy, or a
+        # checksum that is out of date. Either way a person has to look; it may be
+        # the only copy of 13 GB, so it stays as it is and nothing is downloaded.
+        raise ChecksumError(
+            f"{output} is not the file of {url} (wrong file?): {check[0]} expected {check[1]}, found {actual}. "
+            f"It was left as it is and nothing was downloaded. Move it away (or delete it) and run again to "
+            f"download the file, or fix the checksum if it is out of date (in params.yaml, if it came from there)."
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
+    local = _local_path(url)
+    if local is not None and not local.is_file():
+        # retrying cannot make a local file appear
+        raise DownloadError(
+            f"{url}: {local} does not exist; check the path (in params.yaml, if it came from there)"
+        )
     part = output.with_name(output.name + ".part")
 
     for attempt in range(retries + 1):
@@ -203,6 +228,8 @@ def download(
                 ) from err
             error: Exception = err
         except urllib.error.URLError as err:
+            if local is not None:  # a local file that cannot be read: no network to wait for
+                raise DownloadError(f"{url}: cannot read {local}: {err.reason}") from err
             if attempt == retries:
                 raise DownloadError(
                     f"{url}: {err.reason}; check the URL and the network (on an offline machine, put the file "
@@ -223,7 +250,7 @@ def download(
     if not ok:
         part.unlink()
         raise ChecksumError(
-            f"{url}: {check[0]} mismatch: expected {check[1]}, got {actual}. The download was discarded "
+            f"{url}: {check[0]} mismatch: expected {check[1]}, got {actual}. The download ({part}) was discarded "
             f"and nothing was written to {output}. If the file changed upstream, update the checksum."
         )
     os.replace(part, output)

@@ -109,9 +109,14 @@ def _image_from_source(source: Mapping, key: str, downloads: Path, seed: int) ->
             )
             try:
                 return load_rgb(path)
-            except ImageError:
-                path.unlink()  # e.g. an HTML page served in place of the image: fetch again next time
-                raise
+            except ImageError as err:
+                # e.g. an HTML page served in place of the image (fetched again next time),
+                # or a wrong file copied into the cache by hand: set aside, never deleted
+                aside = path.with_name(path.name + ".not-an-image")
+                os.replace(path, aside)
+                raise SourceError(
+                    f"key {key}.url: {err}; moved aside to {aside} (the next run downloads the URL again)"
+                ) from err
         if "file" in source:
             if not Path(source["file"]).is_file():
                 raise SourceError(f"key {key}.file: {source['file']} does not exist")
