@@ -83,6 +83,12 @@ STYLES = sorted(tiny_params_dict()["styles"])
 EVAL = [item["name"] for item in tiny_params_dict()["data"]["eval"]]
 
 
+def job_counts(dry_run: str) -> dict[str, str]:
+    """{rule: count} from the job stats of `snakemake -n`."""
+    stats = dry_run.split("Job stats:")[1].split("total")[0]
+    return dict(line.split() for line in stats.splitlines()[3:] if line.strip())
+
+
 def test_every_declared_output_exists(run):
     summary = sh(run, "snakemake", "--summary").stdout.splitlines()
     header, rows = summary[0].split("\t"), [line.split("\t") for line in summary[1:] if line.strip()]
@@ -155,6 +161,24 @@ def test_dvc_commit_records_a_snakemake_run(run, tmp_path):
     assert {f"train@{s}" for s in STYLES} <= set(lock["stages"])
 
 
+def test_params_file_name_is_no_rerun_trigger(run, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    (work / "config").mkdir()
+    shutil.copy(work / "params.yaml", work / "config/mine.yaml")
+    # the same values from another file: nothing to do
+    out = sh(work, "snakemake", "-n", "--configfile", "config/mine.yaml").stdout
+    assert "Nothing to be done" in out, out[-3000:]
+    # a changed value there reruns the steps that read it, and they get that file
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["styles"]["waves"]["style_weight"] = params["train"]["style_weight"] * 10
+    (work / "config/mine.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(work, "snakemake", "-n", "-p", "--configfile", "config/mine.yaml").stdout
+    assert job_counts(out) == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1",
+                               "all": "1"}
+    assert "stylepipe train --params config/mine.yaml --style waves" in out
+
+
 def test_changed_weight_reruns_only_that_style(run, tmp_path):
     work = tmp_path / "copy"
     shutil.copytree(run, work, symlinks=True)
@@ -162,8 +186,7 @@ def test_changed_weight_reruns_only_that_style(run, tmp_path):
     params["styles"]["waves"]["style_weight"] = params["train"]["style_weight"] * 10
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(work, "snakemake", "-n").stdout
-    stats = out.split("Job stats:")[1].split("total")[0]
-    counts = dict(line.split() for line in stats.splitlines()[3:] if line.strip())
     # Snakemake's params trigger, like DVC's params: the style's steps, then the report
-    assert counts == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1", "all": "1"}
+    assert job_counts(out) == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1",
+                               "all": "1"}
     assert "wildcards: style=mosaic" not in out

@@ -17,7 +17,6 @@ rule train:
         "logs/train/{style}.log",
     params:
         tracked=tracked("train"),
-        files=PARAMS_FILES,
         # resume checkpoints and TensorBoard runs: not an output, so a rerun keeps them
         scratch="scratch/train/{style}",
     # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
@@ -35,7 +34,7 @@ rule train:
         tasks_per_gpu=train_layout("tasks_per_gpu"),
         mpi=train_layout("mpi"),
     shell:
-        "{resources.mpi} stylepipe train --params {params.files:q} --style {wildcards.style} --data {input.data}"
+        "{resources.mpi} stylepipe train --params {PARAMS_FILES:q} --style {wildcards.style} --data {input.data}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
         " --summary {output.summary} --curves {output.curves} --scratch {params.scratch}"
@@ -94,7 +93,6 @@ rule evaluate:
         "logs/evaluate/{style}.log",
     params:
         tracked=tracked("evaluate"),
-        files=PARAMS_FILES,
     # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
     threads: resource("evaluate", "cpus_per_task")
     resources:
@@ -103,7 +101,7 @@ rule evaluate:
         runtime=resource("evaluate", "runtime"),
         cpus_per_task=resource("evaluate", "cpus_per_task"),
     shell:
-        "stylepipe evaluate --params {params.files:q} --style {wildcards.style} --model {input.model}"
+        "stylepipe evaluate --params {PARAMS_FILES:q} --style {wildcards.style} --model {input.model}"
         " --eval-images {input.eval_images} --stylized {input.stylized}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --train-summary {input.summary} --output {output} > {log} 2>&1"
