@@ -44,7 +44,8 @@ TRACKED = {
     "train": ["seed", "train", "styles.{style}"],
     "stylize": ["stylize"],
     "evaluate": ["seed", "train", "styles.{style}", "stylize.precision", "evaluate"],
-    "report": [],
+    # the style list: adding or removing a style reruns the report
+    "report": ["styles"],
 }
 
 

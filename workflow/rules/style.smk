@@ -109,7 +109,8 @@ rule evaluate:
 
 rule report:
     input:
-        # sorted: the same order as the shell glob in dvc.yaml
+        # each style's files by name: the report covers the styles of the params
+        # (`--params`), whatever else the folders hold
         metrics=expand("results/metrics/{style}.json", style=sorted(STYLES)),
         eval_images="data/eval",
         stylized=expand("results/stylized/{style}", style=sorted(STYLES)),
@@ -121,9 +122,12 @@ rule report:
         "logs/report.log",
     params:
         tracked=tracked("report"),
+        metrics_dir=lambda wildcards, input: os.path.dirname(input.metrics[0]),
         stylized_root=lambda wildcards, input: os.path.dirname(input.stylized[0]),
+        style_images_dir=lambda wildcards, input: os.path.dirname(input.style_images[0]),
     shell:
-        "stylepipe report --metrics {input.metrics} --eval-images {input.eval_images}"
-        " --stylized-root {params.stylized_root} --style-images {input.style_images}"
+        "stylepipe report --params {PARAMS_FILES:q} --metrics-dir {params.metrics_dir}"
+        " --eval-images {input.eval_images} --stylized-root {params.stylized_root}"
+        " --style-images-dir {params.style_images_dir}"
         " --output {output.metrics} --gallery {output.gallery}"
         " > {log} 2>&1"
