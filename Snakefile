@@ -7,7 +7,8 @@
 # Every rule runs one `stylepipe` command on the paths that dvc.yaml uses too
 # (tests/test_parity.py keeps the two in step). Values live in params.yaml only;
 # rules pass the params files on (`--params`) and list the values they depend on
-# under `params:`, so Snakemake reruns a step when one of them changes.
+# under `params: tracked`, so Snakemake reruns a step when one of them changes
+# (and not when the same values come from a file with another name).
 
 from snakemake.utils import min_version
 

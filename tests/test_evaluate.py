@@ -45,11 +45,10 @@ def run(tmp_path_factory):
     torch.save(random_state_dict(0), root / "vgg.pth")
     for i, (name, size) in enumerate(EVAL.items()):
         _image(root / "eval" / f"{name}.png", size, seed=i)
-    metrics = []
     for s, style in enumerate(STYLES):
         torch.manual_seed(s)
         torch.save(TransformerNet().state_dict(), root / f"{style}.pth")
-        _image(root / f"{style}-style.png", (40, 30), seed=10 + s)
+        _image(root / "styles" / f"{style}.png", (40, 30), seed=10 + s)
         for i, (name, size) in enumerate(EVAL.items()):
             _image(root / "stylized" / style / f"{name}.png", size, seed=100 * s + i)
         (root / f"{style}-summary.json").write_text(json.dumps({"images_per_s": 12.5, "wall_time_s": 3.0}))
@@ -57,11 +56,11 @@ def run(tmp_path_factory):
         _stylepipe(
             "evaluate", "--params", params, "--style", style, "--model", root / f"{style}.pth",
             "--eval-images", root / "eval", "--stylized", root / "stylized" / style,
-            "--style-image", root / f"{style}-style.png", "--loss-network", root / "vgg.pth",
+            "--style-image", root / "styles" / f"{style}.png", "--loss-network", root / "vgg.pth",
             "--train-summary", root / f"{style}-summary.json", "--output", out,
         )
-        metrics.append(out)
-    report = ["report", "--metrics", *metrics, "--eval-images", root / "eval", "--stylized-root", root / "stylized"]
+    report = ["report", "--params", params, "--metrics-dir", root / "metrics", "--eval-images", root / "eval",
+              "--stylized-root", root / "stylized"]
     _stylepipe(*report, "--output", root / "metrics.json", "--gallery", root / "gallery.png")
     _stylepipe(*report, "--output", root / "again.json", "--gallery", root / "again.png")
     return root
@@ -111,11 +110,48 @@ def test_gallery_grid_and_determinism(run):
 
 def test_missing_stylized_image_is_named(run, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "stylepipe", "report", "--metrics", str(run / "metrics" / "waves.json"),
-         "--eval-images", str(run / "eval"), "--stylized-root", str(tmp_path),
+        [sys.executable, "-m", "stylepipe", "report", "--params", str(run / "params.yaml"),
+         "--metrics-dir", str(run / "metrics"), "--eval-images", str(run / "eval"), "--stylized-root", str(tmp_path),
          "--output", str(tmp_path / "m.json"), "--gallery", str(tmp_path / "g.png")],
         capture_output=True, text=True,
     )
     assert proc.returncode != 0
     assert "astronaut.png" in proc.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def _report(run: Path, out: Path, styles: dict, *extra: str) -> subprocess.CompletedProcess:
+    """`stylepipe report` over ``run``'s files with a params file whose `styles` are ``styles``."""
+    import yaml
+
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    params["styles"] = styles
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run(
+        [sys.executable, "-m", "stylepipe", "report", "--params", str(out / "params.yaml"),
+         "--metrics-dir", str(run / "metrics"), "--eval-images", str(run / "eval"),
+         "--stylized-root", str(run / "stylized"), *extra,
+         "--output", str(out / "metrics.json"), "--gallery", str(out / "gallery.png")],
+        capture_output=True, text=True,
+    )
+
+
+def test_report_covers_the_styles_of_the_params_only(run, tmp_path):
+    # mosaic's files are all still there (a style removed from params.yaml leaves
+    # them behind); the report covers the params' styles only
+    proc = _report(run, tmp_path, {"waves": {"generate": "waves"}}, "--style-images-dir", str(run / "styles"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mosaic" in proc.stdout  # named as left out
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data == {"waves": json.loads((run / "metrics" / "waves.json").read_text())}
+    with Image.open(tmp_path / "gallery.png") as gallery:
+        # the header row and waves' row; a column for the style image, then each evaluation image
+        assert gallery.size == gallery_size(2, 1 + len(EVAL))
+
+
+def test_report_names_a_missing_style_of_the_params(run, tmp_path):
+    proc = _report(run, tmp_path, {"waves": {"generate": "waves"}, "dots": {"generate": "dots"}})
+    assert proc.returncode != 0
+    assert "dots.json" in proc.stderr
+    assert not (tmp_path / "metrics.json").exists()

@@ -2,7 +2,9 @@
 
 `dvc repro` runs the same commands as Snakemake and gives the same results;
 a second `dvc repro` runs nothing; changing one style's weight reruns only
-that style's steps and the report; `dvc metrics diff` shows the change.
+that style's steps and the report; `dvc metrics diff` shows the change;
+removing a style reruns the report, which then leaves the style out, as
+Snakemake's does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_params_dict
-from test_pipeline_snakemake import make_workspace, sh, snakemake_workspace
+from test_pipeline_snakemake import EVAL, job_counts, make_workspace, sh, snakemake_workspace
 
 STYLES = sorted(tiny_params_dict()["styles"])
 CHANGED = "waves"
@@ -101,3 +103,32 @@ def test_metrics_diff_shows_the_change(dvc_run):
     other = [s for s in STYLES if s != CHANGED][0]
     assert "style_loss" not in diff.get(f"results/metrics/{other}.json", {})
     assert f"{other}.style_loss" not in combined
+
+
+def test_removed_style_leaves_both_reports(tmp_path_factory, tmp_path):
+    from stylepipe.report import gallery_size
+
+    work = tmp_path / "copy"
+    shutil.copytree(snakemake_workspace(tmp_path_factory), work, symlinks=True)
+    sh(work, "dvc", "commit", "--force")
+    sh(work, "snakemake", "--touch", "--cores", "1")
+    removed, kept = CHANGED, [s for s in STYLES if s != CHANGED]
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    del params["styles"][removed]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    # the removed style's files stay on disk; both runners redo the report only
+    status = sh(work, "dvc", "status").stdout
+    assert re.search(r"^report:\n(\t.*\n)*\t+modified: +styles$", status, re.M), status
+    assert job_counts(sh(work, "snakemake", "-n").stdout) == {"report": "1", "all": "1"}
+    assert set(RAN.findall(sh(work, "dvc", "repro").stdout)) == {"report"}
+    assert sorted(json.loads((work / "results/metrics.json").read_text())) == kept
+    with Image.open(work / "results/gallery.png") as gallery:
+        assert gallery.size == gallery_size(1 + len(kept), 1 + len(EVAL))
+    by_dvc = [(work / f).read_bytes() for f in ("results/metrics.json", "results/gallery.png")]
+
+    # Snakemake's report (it has not recorded DVC's) writes the same files, so
+    # DVC stays up to date: the runners agree instead of taking turns
+    sh(work, "snakemake", "--cores", "1")
+    assert [(work / f).read_bytes() for f in ("results/metrics.json", "results/gallery.png")] == by_dvc
+    assert "up to date" in sh(work, "dvc", "status").stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, tiny_params_dict
+from stylepipe.config import deep_merge
 
 BIN = Path(sys.executable).parent
 PIPELINE_FILES = ("Snakefile", "workflow", "report", "dvc.yaml", ".dvcignore", ".gitignore", "src")
@@ -81,6 +83,20 @@ def run(tmp_path_factory) -> Path:
 
 STYLES = sorted(tiny_params_dict()["styles"])
 EVAL = [item["name"] for item in tiny_params_dict()["data"]["eval"]]
+
+
+def job_counts(dry_run: str) -> dict[str, str]:
+    """{rule: count} from the job stats of `snakemake -n`."""
+    stats = dry_run.split("Job stats:")[1].split("total")[0]
+    return dict(line.split() for line in stats.splitlines()[3:] if line.strip())
+
+
+def readme_command(marker: str) -> str:
+    """The one shell command of README.md that contains ``marker`` (continued lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "README.md").read_text())
+    found = [line.strip() for line in text.splitlines() if marker in line]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_every_declared_output_exists(run):
@@ -153,6 +169,51 @@ def test_dvc_commit_records_a_snakemake_run(run, tmp_path):
     # the lock file records every stage, ready for `git commit` and `dvc push`
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert {f"train@{s}" for s in STYLES} <= set(lock["stages"])
+    # DVC's cache re-created the single-file outputs: Snakemake would redo the
+    # steps until `snakemake --touch` records the files as they are (README)
+    assert "Nothing to be done" not in sh(work, "snakemake", "-n").stdout
+    sh(work, "snakemake", "--touch", "--cores", "1")
+    assert "Nothing to be done" in sh(work, "snakemake", "-n").stdout
+    assert "up to date" in sh(work, "dvc", "status").stdout
+
+
+def test_params_file_name_is_no_rerun_trigger(run, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    (work / "config").mkdir()
+    shutil.copy(work / "params.yaml", work / "config/mine.yaml")
+    # the same values from another file: nothing to do
+    out = sh(work, "snakemake", "-n", "--configfile", "config/mine.yaml").stdout
+    assert "Nothing to be done" in out, out[-3000:]
+    # a changed value there reruns the steps that read it, and they get that file
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["styles"]["waves"]["style_weight"] = params["train"]["style_weight"] * 10
+    (work / "config/mine.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(work, "snakemake", "-n", "-p", "--configfile", "config/mine.yaml").stdout
+    assert job_counts(out) == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1",
+                               "all": "1"}
+    assert "stylepipe train --params config/mine.yaml --style waves" in out
+
+
+def test_overlay_run_recorded_with_merged_params(run, tmp_path):
+    # README: a run made with --configfile overlays, its merged values written
+    # to params.yaml with the README's command, then recorded by DVC
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    params = tiny_params_dict()
+    (work / "config").mkdir()
+    base = deep_merge(params, {"loss_network": {"weights": "imagenet"}})
+    (work / "config/demo.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    (work / "config/offline.yaml").write_text(yaml.safe_dump({"loss_network": {"weights": "random"}}))
+    (work / "params.yaml").write_text("seed: 0\n")  # whatever was there before
+    overlays = ("--configfile", "config/demo.yaml", "config/offline.yaml")
+    assert "Nothing to be done" in sh(work, "snakemake", "-n", *overlays).stdout
+
+    sh(work, "bash", "-c", readme_command("config/offline.yaml > params.yaml"))
+    assert yaml.safe_load((work / "params.yaml").read_text()) == params
+    assert "Nothing to be done" in sh(work, "snakemake", "-n").stdout
+    sh(work, "dvc", "commit", "--force")
+    assert "up to date" in sh(work, "dvc", "status").stdout
 
 
 def test_changed_weight_reruns_only_that_style(run, tmp_path):
@@ -162,8 +223,7 @@ def test_changed_weight_reruns_only_that_style(run, tmp_path):
     params["styles"]["waves"]["style_weight"] = params["train"]["style_weight"] * 10
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(work, "snakemake", "-n").stdout
-    stats = out.split("Job stats:")[1].split("total")[0]
-    counts = dict(line.split() for line in stats.splitlines()[3:] if line.strip())
     # Snakemake's params trigger, like DVC's params: the style's steps, then the report
-    assert counts == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1", "all": "1"}
+    assert job_counts(out) == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1",
+                               "all": "1"}
     assert "wildcards: style=mosaic" not in out

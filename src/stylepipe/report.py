@@ -5,6 +5,11 @@ compares across commits. The gallery is one picture: a header row with the
 evaluation (content) images, then one labelled row per style with its style
 image (when given) and its stylization of each. Styles and images are in name
 order, so the same inputs give the same bytes.
+
+The styles are the ones under ``styles`` in the params files, not whatever the
+folders hold: each style's files are read by name (``<metrics-dir>/STYLE.json``,
+``<stylized-root>/STYLE/``, ``<style-images-dir>/STYLE.png``), so the files a
+removed style left behind stay out of the report.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from stylepipe.config import load_params, style_names
 from stylepipe.io import atomic_path, read_json, write_json
 
 CELL = 192  # each image is fitted into a CELL×CELL square
@@ -25,24 +31,29 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics", nargs="+", required=True, type=Path,
-                        help="per-style metrics files (results/metrics/STYLE.json); the stem names the style")
+    parser.add_argument("--params", nargs="+", required=True, type=Path,
+                        help="params files, merged in order; the report covers the styles under `styles`")
+    parser.add_argument("--metrics-dir", required=True, type=Path,
+                        help="folder of per-style metrics (results/metrics): STYLE.json for each style")
     parser.add_argument("--eval-images", required=True, type=Path, help="folder of evaluation (content) images")
-    parser.add_argument("--stylized-root", required=True, type=Path, help="folder holding one folder of stylized images per style")
-    parser.add_argument("--style-images", nargs="*", default=[], type=Path,
-                        help="style images (data/styles/STYLE.png), shown in the first column of each style's row")
+    parser.add_argument("--stylized-root", required=True, type=Path,
+                        help="folder holding one folder of stylized images per style (results/stylized)")
+    parser.add_argument("--style-images-dir", type=Path,
+                        help="folder of style images (data/styles): STYLE.png starts each style's row")
     parser.add_argument("--output", required=True, type=Path, help="all styles' metrics (JSON)")
     parser.add_argument("--gallery", required=True, type=Path, help="gallery image (PNG)")
 
 
-def collect_metrics(paths: list[Path]) -> dict[str, dict]:
+def collect_metrics(metrics_dir: Path, styles: list[str]) -> dict[str, dict]:
+    """``{style: metrics}`` from ``metrics_dir/STYLE.json``, styles in name order."""
+    if not styles:
+        raise ValueError("no styles to report")
     metrics = {}
-    for path in sorted(paths, key=lambda p: p.stem):
+    for style in sorted(styles):
+        path = metrics_dir / f"{style}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: metrics file missing; run `stylepipe evaluate` for style {path.stem}")
-        metrics[path.stem] = read_json(path)
-    if not metrics:
-        raise ValueError("no metrics files given")
+            raise FileNotFoundError(f"{path}: metrics file missing; run `stylepipe evaluate` for style {style}")
+        metrics[style] = read_json(path)
     return metrics
 
 
@@ -92,12 +103,18 @@ def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
 
 
 def main(args: argparse.Namespace) -> int:
-    metrics = collect_metrics(args.metrics)
-    style_images = {p.stem: p for p in args.style_images}
-    for path in args.style_images:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: style image missing; run `stylepipe fetch style` for {path.stem}")
-    gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics), style_images or None)
+    styles = style_names(load_params(args.params))
+    metrics = collect_metrics(args.metrics_dir, styles)
+    others = sorted(p.stem for p in args.metrics_dir.glob("*.json") if p.stem not in metrics)
+    if others:
+        print(f"left out (not under `styles`): {', '.join(others)}")
+    style_images = None
+    if args.style_images_dir is not None:
+        style_images = {style: args.style_images_dir / f"{style}.png" for style in metrics}
+        for style, path in style_images.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: style image missing; run `stylepipe fetch style` for {style}")
+    gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics), style_images)
     with atomic_path(args.gallery) as tmp:
         gallery.save(tmp, format="PNG")
     write_json(args.output, metrics)

@@ -16,7 +16,11 @@ def _relative(path):
     return str(path) if rel.startswith("..") else rel
 
 
-# The params files in merge order, passed to every command as --params.
+# The params files in merge order, passed to every command as --params. Rules
+# name this global in `shell:` ({PARAMS_FILES:q}), not under `params:`: Snakemake
+# reruns a job when its params or its unformatted shell command change, and the
+# values, not the files' paths, decide the outputs (`tracked=` lists them), so
+# the same values under another path (`--configfile my.yaml`) rerun nothing.
 PARAMS_FILES = [_relative(path) for path in workflow.configfiles]
 
 try:
@@ -40,7 +44,8 @@ TRACKED = {
     "train": ["seed", "train", "styles.{style}"],
     "stylize": ["stylize"],
     "evaluate": ["seed", "train", "styles.{style}", "stylize.precision", "evaluate"],
-    "report": [],
+    # the style list: adding or removing a style reruns the report
+    "report": ["styles"],
 }
 
 

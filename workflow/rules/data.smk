@@ -10,9 +10,8 @@ rule fetch_content:
         "logs/fetch_content.log",
     params:
         tracked=tracked("fetch_content"),
-        files=PARAMS_FILES,
     shell:
-        "stylepipe fetch content --params {params.files:q} --output {output} > {log} 2>&1"
+        "stylepipe fetch content --params {PARAMS_FILES:q} --output {output} > {log} 2>&1"
 
 
 rule fetch_eval:
@@ -22,9 +21,8 @@ rule fetch_eval:
         "logs/fetch_eval.log",
     params:
         tracked=tracked("fetch_eval"),
-        files=PARAMS_FILES,
     shell:
-        "stylepipe fetch eval --params {params.files:q} --output {output} > {log} 2>&1"
+        "stylepipe fetch eval --params {PARAMS_FILES:q} --output {output} > {log} 2>&1"
 
 
 rule fetch_style:
@@ -34,9 +32,8 @@ rule fetch_style:
         "logs/fetch_style/{style}.log",
     params:
         tracked=tracked("fetch_style"),
-        files=PARAMS_FILES,
     shell:
-        "stylepipe fetch style --params {params.files:q} --style {wildcards.style} --output {output} > {log} 2>&1"
+        "stylepipe fetch style --params {PARAMS_FILES:q} --style {wildcards.style} --output {output} > {log} 2>&1"
 
 
 rule fetch_loss_network:
@@ -46,9 +43,8 @@ rule fetch_loss_network:
         "logs/fetch_loss_network.log",
     params:
         tracked=tracked("fetch_loss_network"),
-        files=PARAMS_FILES,
     shell:
-        "stylepipe fetch loss-network --params {params.files:q} --output {output} > {log} 2>&1"
+        "stylepipe fetch loss-network --params {PARAMS_FILES:q} --output {output} > {log} 2>&1"
 
 
 rule resize:

@@ -17,7 +17,6 @@ rule train:
         "logs/train/{style}.log",
     params:
         tracked=tracked("train"),
-        files=PARAMS_FILES,
         # resume checkpoints and TensorBoard runs: not an output, so a rerun keeps them
         scratch="scratch/train/{style}",
     # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
@@ -35,7 +34,7 @@ rule train:
         tasks_per_gpu=train_layout("tasks_per_gpu"),
         mpi=train_layout("mpi"),
     shell:
-        "{resources.mpi} stylepipe train --params {params.files:q} --style {wildcards.style} --data {input.data}"
+        "{resources.mpi} stylepipe train --params {PARAMS_FILES:q} --style {wildcards.style} --data {input.data}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
         " --summary {output.summary} --curves {output.curves} --scratch {params.scratch}"
@@ -94,7 +93,6 @@ rule evaluate:
         "logs/evaluate/{style}.log",
     params:
         tracked=tracked("evaluate"),
-        files=PARAMS_FILES,
     # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
     threads: resource("evaluate", "cpus_per_task")
     resources:
@@ -103,7 +101,7 @@ rule evaluate:
         runtime=resource("evaluate", "runtime"),
         cpus_per_task=resource("evaluate", "cpus_per_task"),
     shell:
-        "stylepipe evaluate --params {params.files:q} --style {wildcards.style} --model {input.model}"
+        "stylepipe evaluate --params {PARAMS_FILES:q} --style {wildcards.style} --model {input.model}"
         " --eval-images {input.eval_images} --stylized {input.stylized}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --train-summary {input.summary} --output {output} > {log} 2>&1"
@@ -111,7 +109,8 @@ rule evaluate:
 
 rule report:
     input:
-        # sorted: the same order as the shell glob in dvc.yaml
+        # each style's files by name: the report covers the styles of the params
+        # (`--params`), whatever else the folders hold
         metrics=expand("results/metrics/{style}.json", style=sorted(STYLES)),
         eval_images="data/eval",
         stylized=expand("results/stylized/{style}", style=sorted(STYLES)),
@@ -123,9 +122,12 @@ rule report:
         "logs/report.log",
     params:
         tracked=tracked("report"),
+        metrics_dir=lambda wildcards, input: os.path.dirname(input.metrics[0]),
         stylized_root=lambda wildcards, input: os.path.dirname(input.stylized[0]),
+        style_images_dir=lambda wildcards, input: os.path.dirname(input.style_images[0]),
     shell:
-        "stylepipe report --metrics {input.metrics} --eval-images {input.eval_images}"
-        " --stylized-root {params.stylized_root} --style-images {input.style_images}"
+        "stylepipe report --params {PARAMS_FILES:q} --metrics-dir {params.metrics_dir}"
+        " --eval-images {input.eval_images} --stylized-root {params.stylized_root}"
+        " --style-images-dir {params.style_images_dir}"
         " --output {output.metrics} --gallery {output.gallery}"
         " > {log} 2>&1"
