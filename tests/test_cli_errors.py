@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from stylepipe import cli
@@ -163,9 +164,14 @@ def test_report_and_evaluate_user_errors(files, tmp_path, tiny_params_file, caps
     Image.open(files / "content" / "photo1.jpg").save(partial / "a.png")
     (tmp_path / "summary.json").write_text(json.dumps({"images_per_s": 1.0, "wall_time_s": 2.0}))
 
-    code, err = run_cli(capsys, "report", "--metrics", tmp_path / "bad.json", "--eval-images", eval_dir,
-                        "--stylized-root", tmp_path, "--output", tmp_path / "m.json", "--gallery", tmp_path / "g.png")
-    assert code == 2 and "bad.json: not valid JSON" in one_error_line(err, "report")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for style in yaml.safe_load(tiny_params_file.read_text())["styles"]:
+        (metrics / f"{style}.json").write_text("{")
+    code, err = run_cli(capsys, "report", "--params", tiny_params_file, "--metrics-dir", metrics, "--eval-images",
+                        eval_dir, "--stylized-root", tmp_path, "--output", tmp_path / "m.json", "--gallery",
+                        tmp_path / "g.png")
+    assert code == 2 and ".json: not valid JSON" in one_error_line(err, "report")
     assert not (tmp_path / "m.json").exists()
 
     evaluate = ["evaluate", "--params", tiny_params_file, "--style", "waves", "--model", files / "model.pth",

@@ -88,9 +88,6 @@ def test_overlay_setting_the_old_source_to_null_switches_it(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="Snakemake merges --configfile overlays itself (the base's source keys stay "
-                   "beside the overlay's folder): workflow/rules/common.smk must merge them with "
-                   "stylepipe.config.load_params, as every command does")
 def test_overlay_naming_a_source_switches_it(tmp_path):
     root = _workflow_copy(tmp_path)
     (root / "photos").mkdir()
@@ -107,3 +104,13 @@ def test_two_sources_in_one_file_say_so(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "key data.content gives both folder and skimage: give one source" in output, output
+
+
+def test_config_overrides_are_refused(tmp_path):
+    # the commands read the params files: a --config value would change Snakemake's view only
+    root = _workflow_copy(tmp_path)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    proc = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--config", "seed=1"], cwd=root,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "--config is not supported" in proc.stdout + proc.stderr

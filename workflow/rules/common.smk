@@ -6,7 +6,7 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from stylepipe.config import ParamsError, style_names, style_resources, train_params, validate
+from stylepipe.config import ParamsError, load_params, style_names, style_resources, train_params
 
 
 def _relative(path):
@@ -23,10 +23,18 @@ def _relative(path):
 # the same values under another path (`--configfile my.yaml`) rerun nothing.
 PARAMS_FILES = [_relative(path) for path in workflow.configfiles]
 
+if workflow.config_settings.config:
+    # the commands read the params files, not Snakemake's config: a --config value would reach no command
+    raise WorkflowError("--config is not supported: put the values in a params file and pass it with "
+                        "--configfile, so that every command reads them too")
+
 try:
-    validate(config, source=" + ".join(PARAMS_FILES))
+    # merged as every command merges them (an overlay naming an image source replaces the base's), then validated
+    _merged = load_params(PARAMS_FILES)
 except ParamsError as err:
     raise WorkflowError(f"invalid params: {err}") from None
+config.clear()
+config.update(_merged)
 
 STYLES = style_names(config)
 
