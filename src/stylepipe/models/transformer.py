@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylepipe.models.weights import read_weights
+
 # Keys that old PyTorch versions stored for InstanceNorm2d(affine=True); the
 # published pytorch/examples weights still carry them.
 _LEGACY_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -188,34 +190,6 @@ def clean_state_dict(state_dict: dict) -> dict:
             continue
         cleaned[key] = value
     return cleaned
-
-
-def read_weights(path: Path, what: str, fix: str, map_location: str | torch.device = "cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` of a dict, or a ValueError naming ``path``, what it should
-    have been and ``fix``, never torch's advice to load it unsafely."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as err:  # UnpicklingError, RuntimeError (zip reader), EOFError, ValueError, ...
-        raise ValueError(f"{path}: not a {what} ({_load_failure(err)}); {fix}") from err
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a {what} (it holds a {type(state).__name__}, not a dict of tensors); {fix}")
-    return state
-
-
-def _load_failure(err: Exception) -> str:
-    """torch.load's reason in a few words, without its advice to load the file with weights_only=False."""
-    text = str(err)
-    if isinstance(err, EOFError) or not text:
-        return "empty or cut-short file"
-    if "Unsupported global" in text:
-        return "a PyTorch file that holds Python objects besides tensors, e.g. a pickled model or a training checkpoint"
-    if "WeightsUnpickler" in text or "Weights only load failed" in text:
-        return "not a PyTorch weights file: corrupt or another kind of file"
-    if "central directory" in text or "PytorchStreamReader" in text:
-        return "damaged or truncated PyTorch file"
-    return "unreadable: " + text.split("\n")[0][:200]
 
 
 MODEL_FIX = "retrain it with `stylepipe train` or pass the right file"

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from stylepipe.models.weights import read_weights
+
 # index of each ReLU inside torchvision's vgg16().features
 LAYER_INDICES = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
 NUM_FEATURES = 23  # features[:23] ends with relu4_3
@@ -77,8 +79,6 @@ def _shapes() -> dict[str, torch.Tensor]:
 
 def load_features_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a loss network file → state_dict of ``features[:23]`` (keys ``{i}.weight/bias``)."""
-    from stylepipe.models.transformer import read_weights
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"loss network weights {path} not found: " + FETCH_HINT.format(path=path))
