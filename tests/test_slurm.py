@@ -236,7 +236,8 @@ def test_two_processes_train_one_style_as_two_slurm_tasks(slurm_run):
     [call] = slurm_run.sbatch_calls()["rule_train_wildcards_ddp"][-1:]
     assert "--ntasks-per-node=2" in call and "--gpus" not in call, call
     summary = yaml.safe_load((root / "results/train/ddp/summary.json").read_text())
-    assert summary["processes"] == 2, summary
+    # the ranks came from Slurm (srun ran in the job), not from Lightning starting its own processes
+    assert summary["processes"] == 2 and summary["cluster_environment"] == "SLURMEnvironment", summary
     log = (root / "logs/train/ddp.log").read_text()
     assert "MEMBER: 2/2" in log, log[-3000:]
     # started by srun inside the allocation, one task per device

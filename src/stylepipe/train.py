@@ -468,6 +468,9 @@ def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
         "precision": str(tp["precision"]),
         "device": device,
         "processes": world,
+        # who started the processes: SLURMEnvironment under srun, LightningEnvironment when Lightning did
+        "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__
+        if world > 1 else None,
         "train_losses": {k: last[k] for k in LOSS_NAMES if k in last},
         "val_losses": dict(sorted(curves.val.items())),
     }

@@ -95,9 +95,17 @@ def resource(step, name):
 
 
 def on_slurm():
-    """Whether jobs run through the Slurm executor (on the submitting host or in the job)."""
+    """Whether jobs run through the Slurm executor: on the submitting host, or in the job itself.
+
+    Inside the allocation the job's own Snakemake runs the shell command, in
+    remote mode with the local executor; the allocation's SLURM_JOB_ID tells
+    it apart (without it, the `srun` launcher would vanish from the command
+    that actually runs, and a multi-node run would wait for ranks that never start).
+    """
     plugin = workflow.executor_plugin
-    return plugin is not None and plugin.cli_prefix.startswith("slurm")
+    if plugin is not None and plugin.cli_prefix.startswith("slurm"):
+        return True
+    return workflow.remote_exec and "SLURM_JOB_ID" in os.environ
 
 
 def train_layout(name):
