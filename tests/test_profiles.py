@@ -101,3 +101,20 @@ def test_local_profile_plans_the_same_jobs(checkout):
     slurm = sorted((j["rule"], j["wildcards"].get("style", "")) for j in jobs(dry_run(checkout, "--profile", "slurm")))
     local = sorted((j["rule"], j["wildcards"].get("style", "")) for j in jobs(dry_run(checkout, "--profile", "profiles/local")))
     assert local == slurm
+
+
+def test_gpu_model_reaches_every_gpu_job_and_a_multi_gpu_run_asks_gres(checkout, tmp_path):
+    params = yaml.safe_load((checkout / "params.yaml").read_text())
+    for step in ("train", "stylize", "evaluate"):
+        params["resources"][step]["gpu_model"] = "a100"
+    style, other = STYLES[:2]
+    params["styles"][style].update(devices=4, strategy="ddp")
+    (tmp_path / "gpus.yaml").write_text(yaml.safe_dump(params))
+    listed = jobs(dry_run(checkout, "--profile", "slurm", "--configfile", str(tmp_path / "gpus.yaml")))
+    train = {job["wildcards"]["style"]: job["resources"] for job in listed if job["rule"] == "train"}
+    # one GPU: gpu + gpu_model, which the executor turns into --gpus=a100:1
+    assert train[other]["gpu"] == "1" and train[other]["gpu_model"] == "a100", train[other]
+    # four processes: a typed gres per node, and no gpu/gpu_model (the executor would add a --gpus=a100:1)
+    assert train[style]["gres"] == "gpu:a100:4" and "gpu_model" not in train[style], train[style]
+    assert all(job["resources"]["gpu_model"] == "a100" for job in listed if job["rule"] in ("stylize", "evaluate"))
+    assert all("gpu_model" not in job["resources"] for job in listed if job["rule"].startswith("fetch"))

@@ -80,7 +80,8 @@ def tracked(step):
 
 
 # Used when params.yaml names no value for a step (e.g. no `resources.report`).
-DEFAULT_RESOURCES = {"gpu": 0, "mem_mb": 2000, "runtime": 60, "cpus_per_task": 1}
+# gpu_model None: no resource at all (any GPU type)
+DEFAULT_RESOURCES = {"gpu": 0, "gpu_model": None, "mem_mb": 2000, "runtime": 60, "cpus_per_task": 1}
 
 
 def resource(step, name):
@@ -92,6 +93,15 @@ def resource(step, name):
 
     return value
 
+
+
+def gpu_model(step):
+    """The step's `gpu_model`, for steps that ask for GPUs at all (the executor pairs it with `gpu`)."""
+
+    def value(wildcards):
+        return resource(step, "gpu_model")(wildcards) if resource(step, "gpu")(wildcards) else None
+
+    return value
 
 
 def on_slurm():
@@ -123,8 +133,9 @@ def train_layout(name):
         nodes = tp["num_nodes"]
         multi = per_node * nodes > 1
         gpu = resource("train", "gpu")(wildcards)
-        layout = {"gpu": gpu, "gres": None, "nodes": None, "tasks_per_node": None, "tasks": None,
-                  "tasks_per_gpu": None, "mpi": ""}
+        model = gpu_model("train")(wildcards)
+        layout = {"gpu": gpu, "gpu_model": model, "gres": None, "nodes": None, "tasks_per_node": None,
+                  "tasks": None, "tasks_per_gpu": None, "mpi": ""}
         if multi:
             layout["nodes"] = nodes
             if per_node > 1:
@@ -133,7 +144,9 @@ def train_layout(name):
                 layout["tasks"] = nodes
             if gpu:
                 # every process of a node sees all of the node's GPUs (Lightning picks by local rank)
-                layout["gpu"], layout["gres"] = None, f"gpu:{per_node}"
+                # (--gres, not --gpus: the plugin would add a --gpus=<model>:1 of its own for gpu_model)
+                layout["gpu"], layout["gpu_model"] = None, None
+                layout["gres"] = f"gpu:{model}:{per_node}" if model else f"gpu:{per_node}"
                 layout["tasks_per_gpu"] = 1 if per_node == 1 else None
             if on_slurm():
                 cpus = resource("train", "cpus_per_task")(wildcards)

@@ -23,6 +23,7 @@ rule train:
     threads: resource("train", "cpus_per_task")
     resources:
         gpu=train_layout("gpu"),
+        gpu_model=train_layout("gpu_model"),
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
         cpus_per_task=resource("train", "cpus_per_task"),
@@ -64,6 +65,7 @@ rule stylize:
     threads: resource("stylize", "cpus_per_task")
     resources:
         gpu=resource("stylize", "gpu"),
+        gpu_model=gpu_model("stylize"),
         mem_mb=resource("stylize", "mem_mb"),
         runtime=resource("stylize", "runtime"),
         cpus_per_task=resource("stylize", "cpus_per_task"),
@@ -97,6 +99,7 @@ rule evaluate:
     threads: resource("evaluate", "cpus_per_task")
     resources:
         gpu=resource("evaluate", "gpu"),
+        gpu_model=gpu_model("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
         runtime=resource("evaluate", "runtime"),
         cpus_per_task=resource("evaluate", "cpus_per_task"),
