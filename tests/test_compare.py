@@ -41,6 +41,13 @@ SUBJECTS = {"A": "Baseline style weight", "B": "Stronger waves style weight"}
 EMBEDDED = len(IMAGES) * (1 + 2 * len(STYLES))
 
 
+DATA_URI = r"data:image/(png|jpeg|webp);base64,([A-Za-z0-9+/=]+)"
+
+
+def _embedded(page: str) -> int:
+    return len(re.findall(DATA_URI, page))
+
+
 def run(*cmd: str, cwd: Path) -> str:
     result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
@@ -139,11 +146,11 @@ def test_report_names_revisions_and_shows_metrics(history, report_ab):
 
 def test_report_embeds_every_image_and_nothing_external(report_ab):
     page = report_ab["html"]
-    assert page.count("data:image/png;base64,") == EMBEDDED
+    assert _embedded(page) == EMBEDDED
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)
     assert "<link" not in page and "<script" not in page
-    for match in re.finditer(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page):
-        Image.open(io.BytesIO(base64.b64decode(match.group(1)))).verify()
+    for match in re.finditer(DATA_URI, page):
+        Image.open(io.BytesIO(base64.b64decode(match.group(2)))).verify()
     # overlaid curves: one line per revision in each chart (total, content, style loss; TV is 0) of each style
     assert page.count("<polyline") == len(STYLES) * 3 * 2
 
@@ -182,7 +189,7 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
         assert f"{target}/{image}.png" in page
     # A's waves stylizations are placeholders; everything else is there, metrics and curves from git
     assert page.count('class="cellmissing"') == len(IMAGES)
-    assert page.count("data:image/png;base64,") == EMBEDDED - len(IMAGES)
+    assert _embedded(page) == EMBEDDED - len(IMAGES)
     assert f"{history['metrics']['A']['waves']['style_loss']:.4g}" in page
     assert page.count("<polyline") == len(STYLES) * 3 * 2
 
@@ -191,7 +198,7 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
     subprocess.run(hint, shell=True, cwd=clone, env=ENV, check=True, capture_output=True)
     run("stylepipe", "compare", history["A"], history["B"], "--output", str(out), cwd=clone)
     page = out.read_text()
-    assert page.count("data:image/png;base64,") == EMBEDDED
+    assert _embedded(page) == EMBEDDED
     assert 'class="missing"' not in page
 
 
@@ -208,7 +215,7 @@ def test_fresh_clone_workspace_says_pull_and_names_a_broken_file(history, tmp_pa
     assert "results/metrics.json</code>: cannot be parsed (JSONDecodeError" in page
     # the per-style metrics files (in git) stand in for the broken combined one
     assert f"{history['metrics']['B']['waves']['style_loss']:.4g}" in page
-    assert "data:image/png;base64," not in page  # nothing in this clone's cache, no remote
+    assert _embedded(page) == 0  # nothing in this clone's cache, no remote
 
 
 def test_dvc_plots_diff_shows_curves_and_images(history, tmp_path):
@@ -241,7 +248,7 @@ def test_default_compares_head_with_workspace_and_experiments_by_name(history, t
     page = (tmp_path / "default.html").read_text()
     assert f"HEAD ({_short(history['B'])})" in page and "workspace" in page
     assert "0.1235" in page
-    assert page.count("data:image/png;base64,") == EMBEDDED
+    assert _embedded(page) == EMBEDDED
     page = (tmp_path / "exp.html").read_text()
     assert f"DVC experiment tweaked-ssim (baseline {_short(history['B'])})" in page
     assert "0.1235" in page and "tweaked-ssim (" in page
@@ -253,6 +260,185 @@ def test_unknown_revision_is_a_clear_error(history, tmp_path):
     assert result.returncode == 2
     assert "unknown revision 'no-such-rev'" in result.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def _metric_row(page: str, style: str, metric: str) -> str:
+    """The metrics table's row of ``style`` / ``metric`` (its HTML)."""
+    match = re.search(rf"<tr><td>{re.escape(style)}</td><td>{re.escape(metric)}( \*)?</td>.*?</tr>", page)
+    assert match, (style, metric)
+    return match.group(0)
+
+
+def test_losses_compare_unweighted_when_a_weight_changes(history, report_ab):
+    """B only multiplies waves' style weight by 5: the weighted style loss grows ~5x though the
+    network barely changed. The page must not call that worse; the unweighted loss is what compares."""
+    page = report_ab["html"]
+    a, b = history["metrics"]["A"]["waves"], history["metrics"]["B"]["waves"]
+    assert b["style_loss"] / a["style_loss"] == pytest.approx(5, rel=0.01)
+    assert b["style_loss_unweighted"] == pytest.approx(a["style_loss_unweighted"], rel=0.01)
+    for name in ("style_loss_unweighted", "content_loss_unweighted"):
+        for tag in ("A", "B"):
+            assert f"{history['metrics'][tag]['waves'][name]:.4g}" in page
+    for metric in ("style_loss", "total_loss"):
+        row = _metric_row(page, "waves", metric)
+        assert "incomparable" in row and "better" not in row and "worse" not in row, row
+    for metric in ("style_loss_unweighted", "content_loss"):  # content_weight is the same in both
+        assert "incomparable" not in _metric_row(page, "waves", metric)
+    assert "incomparable" not in _metric_row(page, "waves", "ssim")
+    assert "incomparable" not in _metric_row(page, "mosaic", "style_loss")  # mosaic's weights did not change
+    note = re.search(r'<p class="note" id="weights-waves">(.*?)</p>', page)
+    assert note and "style_weight" in note.group(1) and "1e+10 → 5e+10" in html.unescape(note.group(1))
+    assert 'id="weights-mosaic"' not in page
+
+
+def test_metrics_show_integers_whole_and_seconds_plainly(history, report_ab):
+    page = report_ab["html"]
+    b = history["metrics"]["B"]["waves"]
+    assert isinstance(b["model_params"], int) and f">{b['model_params']}<" in _metric_row(page, "waves", "model_params")
+    assert "e+" not in _metric_row(page, "waves", "model_params")
+    assert f">{b['train_wall_time_s']:.1f} s<" in _metric_row(page, "waves", "train_wall_time_s") or \
+        f">{b['train_wall_time_s']:.2g} s<" in _metric_row(page, "waves", "train_wall_time_s")
+
+
+def test_images_are_embedded_at_the_displayed_size_with_a_lossless_option(history, report_ab, tmp_path):
+    """Default: JPEG, at most 2x the 256 px the page draws them; --image-format png --max-image-size 0:
+    the PNG files themselves, byte for byte."""
+    from dvc.api import DVCFileSystem
+
+    from stylepipe.compare import DEFAULT_IMAGE_SIZE, IMAGE_WIDTH
+
+    assert DEFAULT_IMAGE_SIZE <= 2 * IMAGE_WIDTH and f"img{{width:{IMAGE_WIDTH}px" in report_ab["html"]
+    kinds = [m.group(1) for m in re.finditer(DATA_URI, report_ab["html"])]
+    assert kinds == ["jpeg"] * EMBEDDED
+    out = tmp_path / "lossless.html"
+    run("stylepipe", "compare", history["A"], history["B"], "--image-format", "png", "--max-image-size", "0",
+        "--output", str(out), cwd=history["repo"])
+    embedded = {base64.b64decode(m.group(2)) for m in re.finditer(DATA_URI, out.read_text())}
+    fs = DVCFileSystem(str(history["repo"]), rev=history["B"])
+    try:
+        originals = {fs.read_bytes(f"results/stylized/{style}/{image}.png") for style in STYLES for image in IMAGES}
+    finally:
+        fs.close()
+    assert originals <= embedded
+
+
+def test_diverged_run_is_charted_and_marked(history, tmp_path):
+    """A loss that overflowed (inf) or became NaN: the page is written, the finite points are
+    charted and the step where it diverged is marked."""
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(history["repo"]), str(clone), cwd=tmp_path)
+    curves = clone / "results/train/waves/curves.csv"
+    rows = curves.read_text().splitlines()
+    last = int(rows[-1].split(",")[0])
+    rows += [f"{last + 1},2217.9,3.4e+38,0,inf,0.001", f"{last + 2},nan,nan,0,nan,0.001"]
+    curves.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "report.html"
+    run("stylepipe", "compare", "--repo", str(clone), "--output", str(out), cwd=tmp_path)
+    page = out.read_text()
+    charts = page.split('<h2 id="curves">')[1].split("<h2")[0].split("<h3>waves</h3>")[1].split("<h3>")[0]
+    assert charts.count(f"diverged at step {last + 1} (inf)") >= 2  # total_loss (and its label) at least
+    assert f"diverged at step {last + 2} (NaN)" in charts  # content_loss: NaN one step later
+    assert "inf," not in charts and "nan," not in charts.lower().replace("nan)", "")
+
+
+def test_experiment_name_on_several_baselines(history, tmp_path):
+    """`exp1` saved on A and on B: from A, `exp1` is A's (as `dvc` resolves it); from a third
+    commit the name is ambiguous and the error lists both."""
+    repo = tmp_path / "repo"
+    shutil.copytree(history["repo"], repo, symlinks=True)
+
+    def save(ssim: float) -> None:
+        metrics = json.loads((repo / "results/metrics.json").read_text())
+        metrics["waves"]["ssim"] = ssim
+        (repo / "results/metrics.json").write_text(json.dumps(metrics))
+        run("dvc", "exp", "save", "-q", "-f", "-n", "exp1", cwd=repo)
+        run("git", "checkout", "-q", "--", "results/metrics.json", "dvc.lock", cwd=repo)
+
+    save(0.222222)  # on B
+    run("git", "checkout", "-q", history["A"], cwd=repo)
+    run("dvc", "checkout", "-q", cwd=repo)
+    save(0.111111)  # on A
+    refs = run("git", "for-each-ref", "--format=%(refname)", "refs/exps", cwd=repo).split()
+    assert len([ref for ref in refs if ref.endswith("/exp1")]) == 2
+    out = tmp_path / "a.html"
+    run("stylepipe", "compare", "HEAD", "exp1", "--output", str(out), cwd=repo)
+    page = out.read_text()
+    assert f"DVC experiment exp1 (baseline {_short(history['A'])})" in page and "0.1111" in page
+
+    run("git", "checkout", "-q", "-b", "other", history["B"], cwd=repo)
+    run("git", "commit", "-q", "--allow-empty", "-m", "C", cwd=repo)
+    result = subprocess.run(["stylepipe", "compare", "HEAD", "exp1", "--output", str(tmp_path / "c.html")],
+                            cwd=repo, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2 and not (tmp_path / "c.html").exists()
+    assert "'exp1' is ambiguous" in result.stderr
+    for sha in (history["A"], history["B"]):
+        assert f"baseline {_short(sha)}" in result.stderr
+
+
+def test_outputs_never_recorded_are_not_sent_to_the_cache(history, tmp_path):
+    """The first commit has dvc.yaml but no dvc.lock: its outputs were never produced, so the page
+    says so and offers no `dvc fetch` (there is no hash to fetch)."""
+    first = run("git", "rev-list", "--max-parents=0", "HEAD", cwd=history["repo"]).strip()
+    assert run("git", "ls-tree", "--name-only", first, "dvc.lock", cwd=history["repo"]).strip() == ""
+    out = tmp_path / "report.html"
+    log = run("stylepipe", "compare", first, history["B"], "--output", str(out), cwd=history["repo"])
+    page = html.unescape(out.read_text())
+    box = page.split('<div class="missing"')[1].split("</div>")[0]
+    assert "Not recorded in this revision" in box
+    assert f"results/stylized/waves/{IMAGES[0]}.png" in box and f"data/eval/{IMAGES[0]}.png" in box
+    assert "Recorded by DVC" not in box and "dvc fetch" not in page and "fetch them with" not in log
+
+
+def test_dvc_errors_are_shown_not_taken_for_missing_files(history, tmp_path):
+    """A commit whose dvc.yaml does not resolve: the page shows DVC's error, and still the params and
+    metrics (plain git files)."""
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(history["repo"]), str(clone), cwd=tmp_path)
+    dvc_yaml = clone / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("${stylize.max_size}", "${stylize.no_such_key}"))
+    run("git", "commit", "-q", "-m", "Broken dvc.yaml", "--", "dvc.yaml", cwd=clone)
+    out = tmp_path / "report.html"
+    log = run("stylepipe", "compare", "HEAD~1", "HEAD", "--output", str(out), cwd=clone)
+    page = html.unescape(out.read_text())
+    assert "DVC could not read this revision" in page
+    assert "ResolveError" in page and "Could not find 'stylize.no_such_key'" in page
+    assert "Could not find 'stylize.no_such_key'" in log
+    assert "Not recorded in this revision" not in page
+    assert f"{history['metrics']['B']['waves']['ssim']:.4g}" in page
+
+
+def test_stale_workspace_is_flagged(history, tmp_path):
+    """A param edited without `dvc repro`: the workspace's metrics are the old run's, and the page says
+    which stages are out of date, as `dvc status` does."""
+    repo = history["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["styles"]["mosaic"]["style_weight"] = 2.5e10
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        log = run("stylepipe", "compare", "--output", str(tmp_path / "stale.html"), cwd=repo)
+    finally:
+        run("git", "checkout", "-q", "--", "params.yaml", cwd=repo)
+    page = html.unescape((tmp_path / "stale.html").read_text())
+    box = re.search(r'<div class="stale" id="stale-workspace">(.*?)</div>', page, re.S)
+    assert box, "no out-of-date note for the workspace"
+    for stage in ("train@mosaic", "evaluate@mosaic"):
+        assert f"<code>{stage}</code>" in box.group(1) and stage in log
+    assert "styles.mosaic" in box.group(1) and "dvc repro" in box.group(1)
+    assert "train@waves" not in box.group(1)
+    # the committed revision is not flagged, nor is an up-to-date workspace
+    run("stylepipe", "compare", "--output", str(tmp_path / "clean.html"), cwd=repo)
+    assert 'class="stale"' not in (tmp_path / "clean.html").read_text()
+
+
+def test_non_mapping_metrics_file_is_named(history, tmp_path):
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(history["repo"]), str(clone), cwd=tmp_path)
+    (clone / "results/metrics.json").write_text("[1, 2]")
+    out = tmp_path / "report.html"
+    run("stylepipe", "compare", "--repo", str(clone), "--output", str(out), cwd=tmp_path)
+    page = html.unescape(out.read_text())
+    assert "results/metrics.json</code>: not metrics: expected {style: {metric: value}}, got a JSON array" in page
+    assert f"{history['metrics']['B']['waves']['ssim']:.4g}" in page  # from the per-style files
 
 
 # --------------------------------------------------------------------------- browser
@@ -329,3 +515,42 @@ def test_curves_spanning_decades_use_a_log_axis():
     assert "(log y)" not in svg_chart([("b", "#111", flat)], "style_loss")
     assert "<circle" in svg_chart([("c", "#222", one)], "style_loss")
     assert "no data" in svg_chart([("d", "#333", flat)], "content_loss")
+
+
+def test_non_finite_curve_values_are_not_charted_but_marked():
+    import pandas as pd
+
+    from stylepipe.compare import _ticks, svg_chart
+
+    blown = pd.DataFrame({"step": [1, 2, 3, 4], "total_loss": [7e5, 6e5, float("inf"), float("nan")],
+                          "content_loss": [3.0, 2.0, float("nan"), float("nan")]})
+    fine = pd.DataFrame({"step": [1, 2, 3, 4], "total_loss": [7e5, 6e5, 5e5, 4e5], "content_loss": [3.0, 2, 1, 1]})
+    for column in ("total_loss", "content_loss"):
+        svg = svg_chart([("a", "#000", fine), ("b", "#111", blown)], column)
+        assert "diverged at step 3" in svg and "inf," not in svg and "nan" not in svg.lower().replace("(nan)", "")
+    huge = pd.DataFrame({"step": [1, 2], "style_loss": [1e5, 3.4e38]})  # finite, 33 decades: a readable log axis
+    svg = svg_chart([("a", "#000", huge)], "style_loss")
+    assert "(log y)" in svg and svg.count('text-anchor="end">') <= 8
+    only = pd.DataFrame({"step": [5], "style_loss": [float("inf")]})
+    assert "diverged at step 5" in svg_chart([("a", "#000", only)], "style_loss")
+    assert _ticks(0.0, float("inf")) == [] and _ticks(float("nan"), 1.0) == []
+
+
+def test_contact_sheet_wraps_long_style_names():
+    """`rain-princess-style-weight-5e10` in the contact sheet: its label stays in the label column."""
+    from stylepipe.compare import Revision, contact_sheet
+
+    image = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image, "PNG")
+    style = "rain-princess-style-weight-5e10"
+    rev = Revision(name="B", sha="0" * 40, short="0000000", subject="A subject long enough to need wrapping here",
+                   date="", styles=[style], image_names=["astronaut"], label="exp-rain-princess-weight (0000000)",
+                   content={"astronaut": image.getvalue()}, images={(style, "astronaut"): image.getvalue()})
+    cell, pad, label_w = 192, 6, 150
+    sheet = np.asarray(contact_sheet([rev], cell))
+    dark = sheet.astype(int).sum(axis=2) < 300
+    head = sheet.shape[0] - (cell + pad) - pad
+    label = dark[head:, :label_w + pad]
+    assert label[:, :label_w - pad].any() and not label[:, label_w - pad:].any(), "the label runs under the images"
+    rows = label.any(axis=1)
+    assert int(np.sum(rows[1:] & ~rows[:-1])) + int(rows[0]) >= 3  # style over two lines or more, then the image

@@ -15,6 +15,7 @@ from PIL import Image
 
 from stylepipe.models.transformer import TransformerNet
 from stylepipe.models.vgg import random_state_dict
+from conftest import tiny_params_dict
 from stylepipe.report import gallery_size
 
 STYLES = ("mosaic", "waves")
@@ -68,17 +69,51 @@ def run(tmp_path_factory):
 
 def test_metrics_are_finite_and_complete(run):
     data = json.loads((run / "metrics" / "waves.json").read_text())
-    for key in ("content_loss", "style_loss", "tv_loss", "total_loss", "ssim", "train_images_per_s",
+    for key in ("content_loss", "style_loss", "tv_loss", "total_loss", "content_loss_unweighted",
+                "style_loss_unweighted", "tv_loss_unweighted", "ssim", "train_images_per_s",
                 "train_wall_time_s", "stylize_images_per_s", "stylize_size", "model_size_mb", "model_params",
                 "eval_images"):
         assert key in data and math.isfinite(data[key]), key
     assert data["total_loss"] == pytest.approx(data["content_loss"] + data["style_loss"] + data["tv_loss"])
+    # the weighted losses are the unweighted ones times the params' weights (tv_weight 0: no TV term)
+    train = tiny_params_dict()["train"]
+    assert data["content_loss"] == pytest.approx(train["content_weight"] * data["content_loss_unweighted"])
+    assert data["style_loss"] == pytest.approx(train["style_weight"] * data["style_loss_unweighted"])
+    assert train["tv_weight"] == 0 and data["tv_loss"] == 0 and data["tv_loss_unweighted"] > 0
     assert data["content_loss"] > 0 and data["style_loss"] > 0
     assert -1 <= data["ssim"] <= 1
     assert data["eval_images"] == len(EVAL)
     assert data["train_images_per_s"] == 12.5
     assert data["model_params"] == sum(p.numel() for p in TransformerNet().parameters())
     assert data["stylize_images_per_s"] > 0
+
+
+def _evaluate(run: Path, params: Path, style: str, out: Path) -> dict:
+    _stylepipe(
+        "evaluate", "--params", params, "--style", style, "--model", run / f"{style}.pth",
+        "--eval-images", run / "eval", "--stylized", run / "stylized" / style,
+        "--style-image", run / "styles" / f"{style}.png", "--loss-network", run / "vgg.pth",
+        "--train-summary", run / f"{style}-summary.json", "--output", out,
+    )
+    return json.loads(out.read_text())
+
+
+def test_unweighted_losses_do_not_depend_on_the_weights(run, tmp_path):
+    """The same network and images evaluated with waves' style weight x5 and content weight x2 (a
+    style's overrides, as `dvc exp run -S` sets them): the weighted losses scale, the unweighted stay."""
+    import yaml
+
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    train = params["train"]
+    params["styles"]["waves"].update(style_weight=5 * train["style_weight"], content_weight=2 * train["content_weight"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    before = json.loads((run / "metrics" / "waves.json").read_text())
+    after = _evaluate(run, tmp_path / "params.yaml", "waves", tmp_path / "waves.json")
+    for loss in ("content_loss", "style_loss", "tv_loss"):
+        assert after[f"{loss}_unweighted"] == pytest.approx(before[f"{loss}_unweighted"], rel=1e-6), loss
+    assert after["style_loss"] == pytest.approx(5 * before["style_loss"], rel=1e-6)
+    assert after["content_loss"] == pytest.approx(2 * before["content_loss"], rel=1e-6)
+    assert after["ssim"] == before["ssim"]
 
 
 def test_losses_differ_between_styles(run):
@@ -155,3 +190,64 @@ def test_report_names_a_missing_style_of_the_params(run, tmp_path):
     assert proc.returncode != 0
     assert "dots.json" in proc.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+def _dark(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(int).sum(axis=2) < 300
+
+
+def test_gallery_wraps_long_style_names_and_names_the_columns(run, tmp_path):
+    """A style named like an experiment (`rain-princess-style-weight-5e10`) is readable in full:
+    its label wraps inside the label column instead of running under the images; each column
+    has its name (style, then each evaluation image) above it."""
+    import shutil
+
+    from stylepipe.report import CELL, LABEL_WIDTH, PAD
+
+    name = "rain-princess-style-weight-5e10"
+    metrics, stylized, styles = tmp_path / "metrics", tmp_path / "stylized", tmp_path / "styles"
+    metrics.mkdir()
+    styles.mkdir()
+    shutil.copy(run / "metrics" / "waves.json", metrics / f"{name}.json")
+    shutil.copytree(run / "stylized" / "waves", stylized / name)
+    shutil.copy(run / "styles" / "waves.png", styles / f"{name}.png")
+    import yaml
+
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    params["styles"] = {name: {"generate": "waves"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _stylepipe("report", "--params", tmp_path / "params.yaml", "--metrics-dir", metrics, "--eval-images", run / "eval",
+               "--stylized-root", stylized, "--style-images-dir", styles,
+               "--output", tmp_path / "metrics.json", "--gallery", tmp_path / "gallery.png")
+    pixels = np.asarray(Image.open(tmp_path / "gallery.png").convert("RGB"))
+    assert pixels.shape[:2] == gallery_size(2, 1 + len(EVAL))[::-1]
+    header = pixels.shape[0] - 2 * (CELL + PAD) - PAD  # above the content row and the style's row
+    # the style's label: whole lines of text in the label column, none reaching the images
+    top = header + PAD + (CELL + PAD)
+    label = _dark(pixels[top:top + CELL, :LABEL_WIDTH + PAD])
+    assert not label[:, LABEL_WIDTH - PAD:].any(), "the label runs into the image column"
+    rows = label.any(axis=1)
+    bands = int(rows[0]) + int(np.sum(rows[1:] & ~rows[:-1]))
+    assert bands >= 3, f"{name} should wrap into lines (rain-princess- / style-weight- / 5e10), got {bands}"
+    # a name above each column: text on a white strip
+    for c in range(1 + len(EVAL)):
+        left = LABEL_WIDTH + PAD + c * (CELL + PAD)
+        strip = pixels[:header, left:left + CELL]
+        assert _dark(strip).any(), f"column {c} has no name above it"
+        assert (strip.astype(int).sum(axis=2) == 3 * 255).mean() > 0.7
+
+
+def test_wrap_text_keeps_every_character_within_the_width():
+    from PIL import ImageFont
+
+    from stylepipe.report import wrap_text
+
+    font = ImageFont.load_default(size=16)
+    for text in ("rain-princess-style-weight-5e10", "a_very_long_name.with.dots and spaces", "x" * 60, "short"):
+        lines = wrap_text(text, font, 120)
+        assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+        assert all(font.getlength(line) <= 120 for line in lines)
+    lines = wrap_text("rain-princess-style-weight-5e10", font, 120)
+    assert len(lines) >= 2 and all(line.endswith("-") for line in lines[:-1])  # broken at the hyphens
+    cut = wrap_text("x" * 200, font, 50, max_lines=2)
+    assert len(cut) == 2 and cut[-1].endswith("…")

@@ -3,7 +3,12 @@
 The losses are the training objective, computed with the same loss network,
 layers and weights (``train`` with the style's overrides) on the stylized
 evaluation images the pipeline wrote, so the numbers say how well the network
-does on photographs it never saw. SSIM to the content image says how much of
+does on photographs it never saw. Each loss is written twice: ``content_loss``,
+``style_loss``, ``tv_loss`` and ``total_loss`` are the weighted terms of the
+training objective (so they change by the factor when a weight changes), and
+``content_loss_unweighted``, ``style_loss_unweighted`` and ``tv_loss_unweighted``
+are the same measurements before ``content_weight``, ``style_weight`` and
+``tv_weight``: those compare across revisions whose weights differ. SSIM to the content image says how much of
 the photograph survives. Throughput and size say what the network costs.
 Every value is a finite number, so ``dvc metrics diff`` can compare commits.
 """
@@ -79,7 +84,7 @@ def _tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @torch.inference_mode()
 def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
-    """Mean content/style/TV/total loss and SSIM over the evaluation images."""
+    """Mean content/style/TV/total loss (weighted, and each term unweighted) and SSIM over the evaluation images."""
     from stylepipe.losses import content_loss, gram_matrix, style_loss, tv_loss
     from stylepipe.models.vgg import LossNetwork, layer_names
     from stylepipe.module import load_style_image
@@ -89,20 +94,26 @@ def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, devi
     style_features = net(load_style_image(style_image, train["style_size"]).to(device))
     grams = {name: gram_matrix(style_features[name]) for name in train["style_layers"]}
 
-    sums = {"content_loss": 0.0, "style_loss": 0.0, "tv_loss": 0.0, "total_loss": 0.0, "ssim": 0.0}
+    sums = dict.fromkeys(("content_loss", "style_loss", "tv_loss", "total_loss", "content_loss_unweighted",
+                          "style_loss_unweighted", "tv_loss_unweighted", "ssim"), 0.0)
     for content_path, stylized_path in tqdm(pairs, desc="evaluate", unit="image"):
         stylized = _load_uint8(stylized_path)
         # the stylized image has the content image's size after stylize's --max-size
         content = _load_uint8(content_path, size=(stylized.shape[1], stylized.shape[0]))
         x, y = _tensor(content, device), _tensor(stylized, device)
         target, features = net(x), net(y)
-        c = train["content_weight"] * content_loss(features, target, train["content_layers"]).item()
-        s = train["style_weight"] * style_loss(
-            features, grams, train["style_layers"], train["style_layer_weights"]
-        ).item()
-        tv = train["tv_weight"] * tv_loss(y).item() if train["tv_weight"] else 0.0
+        raw = {
+            "content_loss": content_loss(features, target, train["content_layers"]).item(),
+            "style_loss": style_loss(features, grams, train["style_layers"], train["style_layer_weights"]).item(),
+            "tv_loss": tv_loss(y).item(),
+        }
+        c = train["content_weight"] * raw["content_loss"]
+        s = train["style_weight"] * raw["style_loss"]
+        tv = train["tv_weight"] * raw["tv_loss"] if train["tv_weight"] else 0.0
         for key, value in (("content_loss", c), ("style_loss", s), ("tv_loss", tv), ("total_loss", c + s + tv)):
             sums[key] += value
+        for key, value in raw.items():
+            sums[f"{key}_unweighted"] += value
         sums["ssim"] += ssim(stylized, content)
     return {key: value / len(pairs) for key, value in sums.items()}
 

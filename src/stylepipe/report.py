@@ -1,9 +1,11 @@
 """Collect every style's metrics into one file and draw the gallery.
 
 ``results/metrics.json`` maps style → metrics, the file ``dvc metrics diff``
-compares across commits. The gallery is one picture: a header row with the
-evaluation (content) images, then one labelled row per style with its style
-image (when given) and its stylization of each. Styles and images are in name
+compares across commits. The gallery is one picture: a line naming each
+column (``style``, then each evaluation image), a row with the evaluation
+(content) images, then one labelled row per style with its style image (when
+given) and its stylization of each; a label too long for its column is wrapped
+(at ``-``, ``_``, ``.`` or a space when it can be). Styles and images are in name
 order, so the same inputs give the same bytes.
 
 The styles are the ones under ``styles`` in the params files, not whatever the
@@ -15,6 +17,7 @@ removed style left behind stay out of the report.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -25,6 +28,8 @@ from stylepipe.io import atomic_path, read_json, write_json
 CELL = 192  # each image is fitted into a CELL×CELL square
 PAD = 4
 LABEL_WIDTH = 128
+FONT_SIZE = 16
+LINE_HEIGHT = 19
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -57,9 +62,42 @@ def collect_metrics(metrics_dir: Path, styles: list[str]) -> dict[str, dict]:
     return metrics
 
 
-def gallery_size(rows: int, cols: int) -> tuple[int, int]:
-    """(width, height) of a gallery with ``rows`` rows (header included) and ``cols`` images per row."""
-    return LABEL_WIDTH + cols * (CELL + PAD) + PAD, rows * (CELL + PAD) + PAD
+def gallery_size(rows: int, cols: int, header_lines: int = 1) -> tuple[int, int]:
+    """(width, height) of a gallery with ``rows`` rows (the content row included), ``cols`` images
+    per row, and a header of ``header_lines`` lines naming the columns."""
+    return LABEL_WIDTH + cols * (CELL + PAD) + PAD, _header_height(header_lines) + rows * (CELL + PAD) + PAD
+
+
+def _header_height(lines: int) -> int:
+    return PAD + lines * LINE_HEIGHT
+
+
+def wrap_text(text: str, font, width: float, max_lines: int | None = None) -> list[str]:
+    """``text`` in lines no wider than ``width`` px in ``font``: broken after ``-``, ``_``, ``.`` or a
+    space where possible, else anywhere; with ``max_lines``, the last line ends in an ellipsis if cut."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for piece in re.findall(r"[^-_. ]+[-_. ]*|[-_. ]+", paragraph) or [""]:
+            if font.getlength(line + piece) <= width:
+                line += piece
+                continue
+            if line:
+                lines.append(line.rstrip(" "))
+                line = ""
+            for char in piece:  # a piece wider than the line: break it anywhere
+                if line and font.getlength(line + char) > width:
+                    lines.append(line)
+                    line = ""
+                line += char
+        lines.append(line.rstrip(" "))
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and font.getlength(last + "…") > width:
+            last = last[:-1]
+        lines[-1] = last + "…"
+    return lines
 
 
 def _thumbnail(path: Path) -> Image.Image:
@@ -86,12 +124,23 @@ def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
             raise FileNotFoundError(f"stylized images missing: {', '.join(missing)}; run `stylepipe stylize` for {style}")
         rows.append((style, ([style_images[style]] if style_images else []) + stylized))
 
-    canvas = Image.new("RGB", gallery_size(len(rows), len(rows[0][1])), BACKGROUND)
+    font = ImageFont.load_default(size=FONT_SIZE)
+    names = (["style"] if style_images else []) + [p.stem for p in content]
+    headers = [wrap_text(name, font, CELL, max_lines=3) for name in names]
+    header_lines = max(len(lines) for lines in headers)
+    canvas = Image.new("RGB", gallery_size(len(rows), len(rows[0][1]), header_lines), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=16)
+    for c, lines in enumerate(headers):
+        centre = LABEL_WIDTH + PAD + c * (CELL + PAD) + CELL // 2
+        for i, line in enumerate(lines):
+            # on a common baseline, whatever the letters' heights
+            draw.text((centre, PAD + (i + 1) * LINE_HEIGHT - 4), line, fill=TEXT, font=font, anchor="ms")
     for r, (label, paths) in enumerate(rows):
-        top = PAD + r * (CELL + PAD)
-        draw.text((PAD, top + CELL // 2), label, fill=TEXT, font=font, anchor="lm")
+        top = _header_height(header_lines) + PAD + r * (CELL + PAD)
+        lines = wrap_text(label, font, LABEL_WIDTH - 2 * PAD, max_lines=CELL // LINE_HEIGHT)
+        first = top + CELL // 2 - (len(lines) - 1) * LINE_HEIGHT / 2
+        for i, line in enumerate(lines):
+            draw.text((PAD, first + i * LINE_HEIGHT), line, fill=TEXT, font=font, anchor="lm")
         for c, path in enumerate(paths):
             if path is None:  # the header row has no style image
                 continue
