@@ -31,6 +31,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_writable(folder: Path, flag: str) -> None:
+    """Create ``folder`` and write a scratch file into it, so an unusable output fails before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".stylepipe-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise ValueError(f"--{flag} {folder}: cannot write there ({err.strerror or err}); "
+                         "choose a folder you can write to") from err
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -26,7 +26,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from stylepipe.data.images import ImageError, load_rgb, open_image
 from stylepipe.datamodule import IMAGE_SUFFIXES
-from stylepipe.io import atomic_path
+from stylepipe.io import atomic_path, check_writable
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # what an --output image path may end with, and the format written; folders get {stem}.png
@@ -338,7 +337,7 @@ def _same_file_key(path: Path) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
-def check_writable(folders: Iterable[Path]) -> None:
+def check_output_folders(folders: Iterable[Path]) -> None:
     """Write a scratch file into each output folder, so an unusable --output fails before any work.
 
     Folders created for the check are removed again (writing the images creates them).
@@ -346,13 +345,7 @@ def check_writable(folders: Iterable[Path]) -> None:
     for folder in dict.fromkeys(folders):
         created = [p for p in (folder, *folder.parents) if not p.exists()]
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".stylepipe-check.", dir=folder)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as err:
-            raise ValueError(f"--output {folder}: cannot write there ({err.strerror or err}); "
-                             "choose a folder you can write to") from err
+            check_writable(folder, "output")
         finally:
             for path in created:  # deepest first; rmdir removes empty folders only
                 try:
@@ -438,7 +431,7 @@ def stylize_files(
 def main(args: argparse.Namespace) -> int:
     # wrong inputs and outputs fail before the model loads
     inputs = expand_inputs(args.inputs)
-    check_writable(p.parent for p in output_paths(inputs, args.output))
+    check_output_folders(p.parent for p in output_paths(inputs, args.output))
     runner = load_runner(args.model, args.device, args.engine, args.precision)
     print(f"stylepipe stylize: {args.model} runs in {runner}", file=sys.stderr)
     written = stylize_files(

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from stylepipe.config import load_params, train_params
-from stylepipe.io import atomic_path, write_json
+from stylepipe.io import atomic_path, check_writable, write_json
 
 CURVE_COLUMNS = ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
 LOSS_NAMES = CURVE_COLUMNS[1:5]
@@ -322,7 +322,6 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Create --scratch and every output's folder and write a scratch file into each; refuse outputs
     that are folders or that name the same file twice. Raises ValueError naming the flag and the path."""
     import os
-    import tempfile
 
     files = {flag: getattr(args, flag) for flag in OUTPUT_FLAGS if getattr(args, flag, None) is not None}
     seen: dict[str, str] = {}
@@ -335,14 +334,7 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag} {path}: is a folder; give a file path")
     folders = {args.scratch: "scratch", **{path.parent: flag for flag, path in files.items()}}
     for folder, flag in folders.items():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".stylepipe-check.", dir=folder)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as err:
-            raise ValueError(f"--{flag}: cannot write to {folder} ({err.strerror or err}); "
-                             "choose a folder you can write to") from err
+        check_writable(folder, flag)
 
 
 def run(args: argparse.Namespace) -> int:
