@@ -202,13 +202,18 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
     assert 'class="missing"' not in page
 
 
-def test_fresh_clone_workspace_says_pull_and_names_a_broken_file(history, tmp_path):
+def _compare_clone_with_metrics(history, tmp_path, metrics_text: str) -> str:
+    """The page `stylepipe compare` writes for a fresh clone whose results/metrics.json holds ``metrics_text``."""
     clone = tmp_path / "clone"
     run("git", "clone", "-q", str(history["repo"]), str(clone), cwd=tmp_path)
-    (clone / "results/metrics.json").write_text("{not json")
+    (clone / "results/metrics.json").write_text(metrics_text)
     out = tmp_path / "report.html"
     run("stylepipe", "compare", "--repo", str(clone), "--output", str(out), cwd=tmp_path)
-    page = html.unescape(out.read_text())
+    return html.unescape(out.read_text())
+
+
+def test_fresh_clone_workspace_says_pull_and_names_a_broken_file(history, tmp_path):
+    page = _compare_clone_with_metrics(history, tmp_path, "{not json")
     outputs = " ".join(sorted(["data/eval", *(f"results/stylized/{s}" for s in STYLES)]))
     assert f"dvc pull {outputs}" in page  # the workspace
     assert f"<pre>dvc fetch {outputs}</pre>" in page  # HEAD, which is checked out: no `git checkout` needed
@@ -431,12 +436,7 @@ def test_stale_workspace_is_flagged(history, tmp_path):
 
 
 def test_non_mapping_metrics_file_is_named(history, tmp_path):
-    clone = tmp_path / "clone"
-    run("git", "clone", "-q", str(history["repo"]), str(clone), cwd=tmp_path)
-    (clone / "results/metrics.json").write_text("[1, 2]")
-    out = tmp_path / "report.html"
-    run("stylepipe", "compare", "--repo", str(clone), "--output", str(out), cwd=tmp_path)
-    page = html.unescape(out.read_text())
+    page = _compare_clone_with_metrics(history, tmp_path, "[1, 2]")
     assert "results/metrics.json</code>: not metrics: expected {style: {metric: value}}, got a JSON array" in page
     assert f"{history['metrics']['B']['waves']['ssim']:.4g}" in page  # from the per-style files
 

@@ -17,6 +17,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -321,8 +322,6 @@ OUTPUT_FLAGS = ("model", "onnx", "checkpoint", "summary", "curves")
 def check_outputs(args: argparse.Namespace) -> None:
     """Create --scratch and every output's folder and write a scratch file into each; refuse outputs
     that are folders or that name the same file twice. Raises ValueError naming the flag and the path."""
-    import os
-
     files = {flag: getattr(args, flag) for flag in OUTPUT_FLAGS if getattr(args, flag, None) is not None}
     seen: dict[str, str] = {}
     for flag, path in files.items():
