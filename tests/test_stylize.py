@@ -13,6 +13,8 @@ from stylepipe.models.transformer import TransformerNet
 from stylepipe import stylize
 from stylepipe.stylize import expand_inputs, load_runner, preserve_color, resolve_precision, stylize_files, target_size
 
+FP32 = ["--device", "cpu", "--engine", "torch", "--precision", "fp32"]
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -230,3 +232,33 @@ def test_onnx_of_another_network_is_refused(tmp_path):
                       input_names=["x"], dynamo=False)
     with pytest.raises(ValueError, match=r"other\.onnx: an ONNX model, but not a TransformerNet export"):
         load_runner(tmp_path / "other.onnx", "cpu")
+
+
+def test_unavailable_mps_is_a_clear_error(models, images, tmp_path, capsys):
+    _, pth, _ = models
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    assert cli.main(["stylize", "--model", str(pth), "--device", "mps", "--output", str(tmp_path / "o.png"),
+                     str(images / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stylepipe stylize: error: --device mps: no Apple MPS device") and "Traceback" not in err
+
+
+def test_uppercase_onnx_extension_is_an_onnx_model(models, images, tmp_path):
+    _, _, onnx = models
+    upper = tmp_path / "STYLE.ONNX"
+    upper.write_bytes(onnx.read_bytes())
+    assert load_runner(upper, "cpu").engine == "onnxruntime"
+    (path,) = stylize_files(upper, [images / "a.png"], tmp_path / "o.png", device="cpu", progress=False)
+    assert Image.open(path).size == (53, 37)
+
+
+def test_a_folder_s_hidden_files_are_left_out(models, images, tmp_path):
+    _, pth, _ = models
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((images / "a.png").read_bytes())
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")  # macOS AppleDouble metadata
+    assert expand_inputs([folder]) == [folder / "a.png"]
+    assert cli.main(["stylize", "--model", str(pth), "--output", str(tmp_path / "out"), *FP32, str(folder)]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]

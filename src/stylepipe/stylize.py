@@ -107,21 +107,34 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device available; use --device auto or cpu")
+    if name == "mps" and not _mps_available():
+        raise ValueError("--device mps: no Apple MPS device available (this PyTorch or machine has none); "
+                         "use --device auto or cpu")
     return torch.device(name)
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns → image paths, in order, without repeats."""
+    """Files, folders (their images, sorted) and glob patterns → image paths, in order, without repeats.
+
+    A folder's hidden files are left out, as a glob's ``*`` leaves them out: macOS
+    writes a ``._name.jpg`` metadata file beside each image on other file systems.
+    """
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            matches = sorted(p for p in path.iterdir()
+                             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
         elif path.is_file():
             matches = [path]
         else:
@@ -234,7 +247,7 @@ def load_runner(
     device = pick_device(device) if isinstance(device, str) else device
     if not model.is_file():
         raise FileNotFoundError(f"{model}: model not found; train it with `stylepipe train` (or `snakemake {model}`)")
-    onnx_model = model.suffix == ".onnx"
+    onnx_model = model.suffix.lower() == ".onnx"
     precision = resolve_precision(precision, device, engine, onnx_model)
     if precision == "bf16" and onnx_model:
         raise ValueError(f"{model}: an ONNX model runs in float32 (onnxruntime); for --precision bf16 "
