@@ -234,3 +234,35 @@ def test_train_refuses_an_unwritable_output_before_training(files, tmp_path, tin
     line = one_error_line(err, "train")
     assert "--model" in line and str(model.parent) in line
     assert not list((tmp_path / "scratch").glob("**/*.ckpt")), "trained before checking its outputs"
+
+
+# --- 7. an image too large for the memory: named, with what to do ---------------------------------
+
+# Caps this process's address space 2 GB above what it has mapped once PyTorch and onnxruntime are loaded,
+# so that a large photograph runs out of memory at once, as it would on a small machine
+_CAPPED_STYLIZE = """
+import resource, sys
+import onnxruntime, torch
+from stylepipe import cli
+status = open("/proc/self/status").read()
+mapped = int(status.split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (mapped + (2 << 30), resource.RLIM_INFINITY))
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_stylize_names_an_image_too_large_for_the_memory(files, tmp_path, engine):
+    # 6000 x 4000 (a 24 MP photograph): the first convolution's output alone is 3 GB in float32
+    Image.new("RGB", (6000, 4000), (90, 120, 150)).save(tmp_path / "big photo.jpg")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _CAPPED_STYLIZE, "stylize", "--model", str(files / "model.pth"),
+                           "--output", str(out), "--device", "cpu", "--engine", engine, "--precision", "fp32",
+                           str(files / "content" / "photo1.jpg"), str(tmp_path / "big photo.jpg")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(proc.stderr, "stylize")
+    assert f"{tmp_path / 'big photo.jpg'} (6000x4000 px): out of memory" in line
+    assert "--max-size 3000" in line
+    assert [p.name for p in out.iterdir()] == ["photo1.png"]  # the image that fits is written

@@ -226,15 +226,24 @@ def _onnx_runner(model: bytes | str, device: torch.device) -> Runner:
         raise ValueError(f"{model}: an ONNX model, but not a TransformerNet export (inputs: {found}; "
                          f"expected one 'input' [batch, 3, height, width]); {fix}")
 
-    def run(batch: torch.Tensor) -> torch.Tensor:
+    # on a CPU, one image at a time, as the PyTorch runner: as fast per image at 512 px, and the
+    # memory is one image's (about 1 GB per megapixel), not the batch's
+    one_by_one = session.get_providers()[0] == "CPUExecutionProvider"
+
+    def run_batch(x: torch.Tensor) -> torch.Tensor:
         # the ONNX graph is TransformerNet.body: pad to a multiple of 4 and crop back, as forward() does
-        x = batch.float()
         h, w = x.shape[-2:]
         pad_h, pad_w = max(-h % 4, 8 - h), max(-w % 4, 8 - w)
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if h > pad_h and w > pad_w else "replicate")
         out = session.run(None, {"input": np.ascontiguousarray(x.numpy())})[0]
         return torch.from_numpy(out)[..., :h, :w]
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        x = batch.float()
+        if one_by_one and len(x) > 1:
+            return torch.cat([run_batch(x[i : i + 1]) for i in range(len(x))])
+        return run_batch(x)
 
     return Runner(run, "onnxruntime", "fp32", device)
 
@@ -377,6 +386,29 @@ class UnreadableImages(ValueError):
         self.errors, self.written = list(errors), list(written)
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is PyTorch's or onnxruntime's failure to allocate memory (CPU or GPU)."""
+    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(err)
+    # PyTorch's CPU allocator, onnxruntime's arena (CPU and CUDA)
+    return any(sign in text for sign in ("can't allocate memory", "Failed to allocate memory", "out of memory"))
+
+
+class OutOfMemory(ValueError):
+    """A batch of images is too large to stylize in the memory of its device."""
+
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int], runner: Runner | torch.nn.Module):
+        where = f"{runner}" if isinstance(runner, Runner) else "PyTorch"
+        names = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        fix = f"stylize at a smaller size with --max-size (e.g. --max-size {max(1, max(size) // 2)})"
+        if len(paths) > 1:
+            fix = f"pass --batch-size 1, or {fix}"
+        super().__init__(f"{names} ({size[0]}x{size[1]} px): out of memory stylizing in {where} "
+                         f"(about 1 GB per megapixel in float32); {fix}")
+        self.paths = list(paths)
+
+
 def stylize_files(
     model: str | Path | Runner,
     inputs: Iterable[str | Path],
@@ -395,6 +427,7 @@ def stylize_files(
     ``model`` is a model file, or a runner from `load_runner` (then ``device``,
     ``engine`` and ``precision`` are its own). Images that cannot be read are
     skipped; the others are written, then :class:`UnreadableImages` lists them.
+    An image too large for the device's memory stops the run with :class:`OutOfMemory`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
@@ -427,7 +460,12 @@ def stylize_files(
                 if not chunk:
                     continue
                 batch = torch.stack([torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1) for img in images])
-                result = stylize_tensor(runner, batch.float())
+                try:
+                    result = stylize_tensor(runner, batch.float())
+                except Exception as err:
+                    if not out_of_memory(err):
+                        raise
+                    raise OutOfMemory([paths[i] for i in chunk], size, runner) from err
                 for i, img, out in zip(chunk, images, result):
                     pil = Image.fromarray(out.permute(1, 2, 0).numpy())
                     if preserve_colors:
