@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import torch
@@ -262,3 +263,62 @@ def test_a_folder_s_hidden_files_are_left_out(models, images, tmp_path):
     assert expand_inputs([folder]) == [folder / "a.png"]
     assert cli.main(["stylize", "--model", str(pth), "--output", str(tmp_path / "out"), *FP32, str(folder)]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+
+
+@functools.cache
+def _profile(color_space: bytes = b"RGB ") -> bytes:
+    """A real sRGB ICC profile, or the same with another data colour space in its header."""
+    from PIL import ImageCms
+
+    data = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # dated: made once
+    return data[:16] + color_space + data[20:]
+
+
+def test_outputs_keep_the_input_s_rgb_colour_profile(models, images, tmp_path):
+    # a phone's Display P3 photograph shown without its profile looks duller: outputs carry it on
+    _, pth, _ = models
+    photo = Image.open(images / "a.png").convert("RGB")
+    photo.save(tmp_path / "p3.jpg", icc_profile=_profile(), quality=95)
+    photo.convert("CMYK").save(tmp_path / "cmyk.jpg", icc_profile=_profile(b"CMYK"))
+    runner = load_runner(pth, "cpu", engine="torch", precision="fp32")
+    for name in ("o.png", "o.jpg", "o.webp", "o.tif"):
+        (path,) = stylize_files(runner, [tmp_path / "p3.jpg"], tmp_path / name, progress=False)
+        assert Image.open(path).info.get("icc_profile") == _profile(), name
+    (path,) = stylize_files(runner, [tmp_path / "p3.jpg"], tmp_path / "o.bmp", progress=False)  # BMP holds none
+    # a CMYK profile does not describe the RGB the CMYK values convert to: dropped
+    (path,) = stylize_files(runner, [tmp_path / "cmyk.jpg"], tmp_path / "cmyk.png", progress=False)
+    assert "icc_profile" not in Image.open(path).info
+    from stylepipe.data.images import load_rgb
+
+    assert load_rgb(tmp_path / "p3.jpg").info["icc_profile"] == _profile()
+    assert "icc_profile" not in load_rgb(tmp_path / "cmyk.jpg").info
+
+
+def test_outputs_keep_the_input_s_transparency(models, images, tmp_path):
+    _, pth, _ = models
+    rgba = np.asarray(Image.open(images / "d.png").convert("RGBA")).copy()  # 48 wide, 64 high
+    rgba[:, :24, 3] = 0  # left half transparent
+    rgba[:, 24:30, 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    on_white = np.asarray(Image.open(tmp_path / "cutout.png").convert("RGBA"), dtype=np.float32)
+    alpha = on_white[..., 3:] / 255
+    Image.fromarray(np.rint(on_white[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)).save(tmp_path / "white.png")
+    palette = Image.open(images / "d.png").convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    palette.save(tmp_path / "gif.png", transparency=palette.getpixel((0, 0)))
+    out = tmp_path / "out"
+    assert cli.main(["stylize", "--model", str(pth), "--output", str(out), *FP32, str(tmp_path / "cutout.png"),
+                     str(tmp_path / "white.png"), str(tmp_path / "gif.png")]) == 0
+    cutout, white = Image.open(out / "cutout.png"), Image.open(out / "white.png")
+    assert (cutout.mode, white.mode) == ("RGBA", "RGB")
+    assert np.array_equal(np.asarray(cutout)[..., :3], np.asarray(white))  # stylized as seen on white
+    assert np.array_equal(np.asarray(cutout)[..., 3], rgba[..., 3])
+    assert Image.open(out / "gif.png").mode == "RGBA"
+    # resized with the image; a JPEG has no transparency: the stylization on white
+    runner = load_runner(pth, "cpu", engine="torch", precision="fp32")
+    (small,) = stylize_files(runner, [tmp_path / "cutout.png"], tmp_path / "small.webp", max_size=32, progress=False)
+    small = Image.open(small)
+    assert small.size == (24, 32) and small.mode == "RGBA"
+    assert np.asarray(small)[:, :10, 3].max() == 0 and np.asarray(small)[:, 16:, 3].min() == 255
+    (jpeg,) = stylize_files(runner, [tmp_path / "cutout.png"], tmp_path / "o.jpg", progress=False)
+    assert Image.open(jpeg).mode == "RGB"

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from stylepipe.data.images import ImageError, load_rgb, open_image
+from stylepipe.data.images import ImageError, load_rgb_and_alpha, open_image
 from stylepipe.datamodule import IMAGE_SUFFIXES
 from stylepipe.io import atomic_path, check_writable
 
@@ -47,6 +47,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
                   ".bmp": "BMP"}
 SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}  # high quality, full-res colour
+# formats that embed an ICC profile: an output keeps its input's, so its colours mean what the input's did
+ICC_FORMATS = {"PNG", "JPEG", "WEBP", "TIFF"}
+ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # an input's transparency is kept in these
 
 
 @dataclass(frozen=True)
@@ -386,6 +389,39 @@ class UnreadableImages(ValueError):
         self.errors, self.written = list(errors), list(written)
 
 
+@dataclass(frozen=True)
+class Content:
+    """An input at its target size: the RGB the network sees, and what its output keeps from the file."""
+
+    rgb: Image.Image
+    alpha: Image.Image | None  # transparency, "L"; None for an opaque image
+    icc_profile: bytes | None  # what the RGB values mean (e.g. Display P3); None: sRGB
+
+
+def _load_content(path: Path, size: tuple[int, int]) -> Content:
+    rgb, alpha = load_rgb_and_alpha(path)
+    profile = rgb.info.get("icc_profile")
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+        alpha = None if alpha is None else alpha.resize(size, Image.Resampling.LANCZOS)
+    return Content(rgb, alpha, profile)
+
+
+def save_output(stylized: Image.Image, content: Content, path: Path, fmt: str) -> None:
+    """Write ``stylized`` atomically, with the input's transparency and colour profile where ``fmt`` holds them.
+
+    JPEG and BMP have no transparency: there the output stays the stylization of
+    the image composited on white, as the network saw it.
+    """
+    options = dict(SAVE_OPTIONS.get(fmt, {}))
+    if content.icc_profile and fmt in ICC_FORMATS:
+        options["icc_profile"] = content.icc_profile
+    if content.alpha is not None and fmt in ALPHA_FORMATS:
+        stylized = Image.merge("RGBA", (*stylized.split(), content.alpha))
+    with atomic_path(path) as tmp:
+        stylized.save(tmp, format=fmt, **options)
+
+
 def out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is PyTorch's or onnxruntime's failure to allocate memory (CPU or GPU)."""
     if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError)):
@@ -447,31 +483,31 @@ def stylize_files(
         bar.update(len(unreadable))
         for size, members in groups.items():
             for start in range(0, len(members), batch_size):
-                chunk, images = [], []
+                chunk, contents = [], []
                 for i in members[start : start + batch_size]:
                     try:
-                        img = load_rgb(paths[i])
+                        content = _load_content(paths[i], size)
                     except ImageError as err:  # truncated or corrupt data: only decoding finds out
                         unreadable[i] = err
                         bar.update(1)
                         continue
                     chunk.append(i)
-                    images.append(img if img.size == size else img.resize(size, Image.Resampling.LANCZOS))
+                    contents.append(content)
                 if not chunk:
                     continue
-                batch = torch.stack([torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1) for img in images])
+                batch = torch.stack([torch.from_numpy(np.asarray(c.rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+                                     for c in contents])
                 try:
                     result = stylize_tensor(runner, batch.float())
                 except Exception as err:
                     if not out_of_memory(err):
                         raise
                     raise OutOfMemory([paths[i] for i in chunk], size, runner) from err
-                for i, img, out in zip(chunk, images, result):
-                    pil = Image.fromarray(out.permute(1, 2, 0).numpy())
+                for i, content, out in zip(chunk, contents, result):
+                    stylized = Image.fromarray(out.permute(1, 2, 0).numpy())
                     if preserve_colors:
-                        pil = preserve_color(pil, img)
-                    with atomic_path(outputs[i]) as tmp:
-                        pil.save(tmp, format=formats[i], **SAVE_OPTIONS.get(formats[i], {}))
+                        stylized = preserve_color(stylized, content.rgb)
+                    save_output(stylized, content, outputs[i], formats[i])
                 bar.update(len(chunk))
     if unreadable:
         written = [p for i, p in enumerate(outputs) if i not in unreadable]

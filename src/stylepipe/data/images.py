@@ -221,16 +221,63 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
 def load_rgb(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
     """Open, decode, apply the EXIF orientation and convert ``path`` to RGB.
 
+    The result's ``info["icc_profile"]`` is the file's embedded ICC profile if
+    that describes RGB values (see :func:`rgb_icc_profile`), else absent.
     Raises :class:`ImageError` (a ``ValueError``) naming the file and the
     reason for empty, non-image, truncated, corrupt and oversized files.
     """
+    return _rgb(_load_upright(path, max_pixels))
+
+
+def load_rgb_and_alpha(path: str | Path, *, max_pixels: int | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """:func:`load_rgb`'s image and the file's transparency (:func:`alpha_channel`, upright too)."""
+    image = _load_upright(path, max_pixels)
+    return _rgb(image), alpha_channel(image)
+
+
+def _load_upright(path: str | Path, max_pixels: int | None) -> Image.Image:
     image = open_image(path, max_pixels=max_pixels)
     try:
         decode(image, path)  # Pillow closes the file once a single-frame image is loaded
     except ImageError:
         image.close()
         raise
-    return to_rgb(upright(image))
+    return upright(image)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    rgb = to_rgb(image)
+    profile = rgb_icc_profile(image)
+    if profile is None:
+        rgb.info.pop("icc_profile", None)
+    else:
+        rgb.info["icc_profile"] = profile
+    return rgb
+
+
+def alpha_channel(image: Image.Image) -> Image.Image | None:
+    """The alpha channel (mode L) of an image with transparency; None for an opaque one.
+
+    An alpha channel that is 255 everywhere is no transparency.
+    """
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return None
+    alpha = image.getchannel("A")
+    return None if alpha.getextrema()[0] == 255 else alpha
+
+
+def rgb_icc_profile(image: Image.Image) -> bytes | None:
+    """The embedded ICC profile that says what ``image``'s RGB values mean, or None.
+
+    Phones write Display P3 (and cameras Adobe RGB) profiles: the same values
+    shown without the profile look duller. A CMYK or gray profile describes
+    the file's own values, not their RGB conversion, so it does not count.
+    """
+    profile = image.info.get("icc_profile")
+    # the ICC header's data colour space field, bytes 16-19
+    return profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None
 
 
 def upright(image: Image.Image) -> Image.Image:
