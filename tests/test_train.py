@@ -122,6 +122,9 @@ def test_outputs(uninterrupted):
     ckpt = torch.load(out / "waves.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == MAX_STEPS
     assert ckpt["hyper_parameters"]["style_weight"] == 1e10
+    # stylize takes the checkpoint as --model too: its network is the .pth's
+    from_ckpt = load_transformer(out / "waves.ckpt").state_dict()
+    assert all(torch.equal(from_ckpt[k], v) for k, v in net.state_dict().items())
 
     import json
 
