@@ -323,3 +323,17 @@ def test_outputs_keep_the_input_s_transparency(models, images, tmp_path):
     assert np.asarray(small)[:, :10, 3].max() == 0 and np.asarray(small)[:, 16:, 3].min() == 255
     (jpeg,) = stylize_files(runner, [tmp_path / "cutout.png"], tmp_path / "o.jpg", progress=False)
     assert Image.open(jpeg).mode == "RGB"
+
+
+def test_onnxruntime_says_where_it_really_runs(models):
+    import onnxruntime
+
+    _, pth, onnx = models
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime can run on CUDA")
+    # what a GPU machine with the CPU-only onnxruntime package gives for an .onnx model
+    runner = load_runner(onnx, torch.device("cuda"))
+    assert runner.device == torch.device("cpu")
+    assert str(runner) == "onnxruntime fp32 on cpu (this onnxruntime cannot use cuda: pass the .pth model to run on cuda)"
+    assert load_runner(pth, torch.device("cuda"), engine="onnxruntime").device == torch.device("cpu")
+    assert str(load_runner(onnx, "cpu")) == "onnxruntime fp32 on cpu"

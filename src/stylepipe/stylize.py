@@ -60,12 +60,13 @@ class Runner:
     engine: str  # "torch" or "onnxruntime"
     precision: str  # "fp32" or "bf16"
     device: torch.device
+    note: str = ""  # why it runs elsewhere than asked
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.fn(batch)
 
     def __str__(self) -> str:
-        return f"{self.engine} {self.precision} on {self.device}"
+        return f"{self.engine} {self.precision} on {self.device}" + (f" ({self.note})" if self.note else "")
 
 
 def positive_int(text: str) -> int:
@@ -232,6 +233,10 @@ def _onnx_runner(model: bytes | str, device: torch.device) -> Runner:
     # on a CPU, one image at a time, as the PyTorch runner: as fast per image at 512 px, and the
     # memory is one image's (about 1 GB per megapixel), not the batch's
     one_by_one = session.get_providers()[0] == "CPUExecutionProvider"
+    note = ""
+    if one_by_one and device.type != "cpu":  # a CPU-only onnxruntime, or its CUDA provider failed to load
+        note = f"this onnxruntime cannot use {device.type}: pass the .pth model to run on {device.type}"
+        device = torch.device("cpu")
 
     def run_batch(x: torch.Tensor) -> torch.Tensor:
         # the ONNX graph is TransformerNet.body: pad to a multiple of 4 and crop back, as forward() does
@@ -248,7 +253,7 @@ def _onnx_runner(model: bytes | str, device: torch.device) -> Runner:
             return torch.cat([run_batch(x[i : i + 1]) for i in range(len(x))])
         return run_batch(x)
 
-    return Runner(run, "onnxruntime", "fp32", device)
+    return Runner(run, "onnxruntime", "fp32", device, note)
 
 
 def load_runner(
