@@ -337,3 +337,16 @@ def test_onnxruntime_says_where_it_really_runs(models):
     assert str(runner) == "onnxruntime fp32 on cpu (this onnxruntime cannot use cuda: pass the .pth model to run on cuda)"
     assert load_runner(pth, torch.device("cuda"), engine="onnxruntime").device == torch.device("cpu")
     assert str(load_runner(onnx, "cpu")) == "onnxruntime fp32 on cpu"
+
+
+def test_an_image_pillow_cannot_read_is_named_as_such(models, images, tmp_path, capsys):
+    import tifffile
+
+    _, pth, _ = models
+    rgb = np.asarray(Image.open(images / "a.png"), dtype=np.float32) / 255
+    tifffile.imwrite(tmp_path / "scan.tif", rgb, photometric="rgb")  # a valid float32 RGB TIFF, which Pillow does not read
+    assert cli.main(["stylize", "--model", str(pth), "--output", str(tmp_path / "out"), *FP32,
+                     str(tmp_path / "scan.tif"), str(images / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert "scan.tif: corrupt or unsupported image: starts like a TIFF file but Pillow cannot read it" in err
+    assert "convert it to an 8-bit PNG or JPEG" in err

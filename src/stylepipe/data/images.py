@@ -65,7 +65,8 @@ def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes |
     except UnidentifiedImageError as err:
         kind = _signature(path, data)
         if kind:
-            raise ImageError(path, f"corrupt image: starts like a {kind} file but cannot be read") from err
+            raise ImageError(path, f"corrupt or unsupported image: starts like a {kind} file but Pillow cannot "
+                                   f"read it (e.g. a float RGB TIFF); convert it to an 8-bit PNG or JPEG") from err
         raise ImageError(path, "not an image (unrecognised format)") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(path, f"decompression bomb refused: {err}") from err
