@@ -216,16 +216,18 @@ def test_ambiguous_or_destructive_outputs_are_refused_before_any_work(models, im
     _, pth, _ = models
     photo = tmp_path / "photo.png"
     photo.write_bytes((images / "a.png").read_bytes())
+    (tmp_path / "A.png").write_bytes(photo.read_bytes())  # one file with a.png on a case-insensitive file system
     cases = {
         "names an image file, but 2 images": ["--output", tmp_path / "result.png", images / "a.png", images / "b.jpg"],
         "cannot write .gif": ["--output", tmp_path / "o.gif", images / "a.png"],
         "would replace it": ["--output", tmp_path, photo],
         "would replace it ": ["--output", photo, photo],
+        "would both be written to": ["--output", tmp_path / "out", images / "a.png", tmp_path / "A.png"],
     }
     for expected, args in cases.items():
         assert cli.main(["stylize", "--model", str(pth), *map(str, args)]) == 2
         assert expected.strip() in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A.png", "photo.png"]
     assert photo.read_bytes() == (images / "a.png").read_bytes()
 
 

@@ -360,12 +360,15 @@ def output_paths(inputs: Sequence[Path], output: Path) -> list[Path]:
         paths = [output]
     else:
         paths = [output / f"{p.stem}.png" for p in inputs]
-    seen: dict[Path, Path] = {}
+    # names that differ only in case are one file on macOS's and Windows' file systems
+    seen: dict[str, Path] = {}
     sources = {_same_file_key(p): p for p in inputs}
     for src, dst in zip(inputs, paths):
-        if dst in seen:
-            raise ValueError(f"{seen[dst]} and {src} would both be written to {dst}: rename one of them")
-        seen[dst] = src
+        key = str(dst).casefold()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {src} would both be written to {dst}: stylize them into separate "
+                             "--output folders (one command each), or rename one of them")
+        seen[key] = src
         if _same_file_key(dst) in sources:
             raise ValueError(f"{dst} is an input: writing its stylization there would replace it; "
                              "choose another --output")
