@@ -352,3 +352,21 @@ def test_an_image_pillow_cannot_read_is_named_as_such(models, images, tmp_path, 
     err = capsys.readouterr().err
     assert "scan.tif: corrupt or unsupported image: starts like a TIFF file but Pillow cannot read it" in err
     assert "convert it to an 8-bit PNG or JPEG" in err
+
+
+def test_the_pixel_limit_can_be_raised_above_pillow_s(images, tmp_path, monkeypatch):
+    # Pillow's own check (warning above MAX_IMAGE_PIXELS) stopped every image above its default of
+    # 89.5 M pixels whatever STYLEPIPE_MAX_IMAGE_PIXELS said; here at a small scale: d.png has 3,072 pixels
+    from stylepipe.data.images import ImageError, load_rgb
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setenv("STYLEPIPE_MAX_IMAGE_PIXELS", "5000")
+    assert load_rgb(images / "d.png").size == (48, 64)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # Pillow's setting is left as it was
+    monkeypatch.setenv("STYLEPIPE_MAX_IMAGE_PIXELS", "3000")
+    with pytest.raises(ImageError, match=r"48x64 = 3,072 pixels > limit 3,000; if you trust the file, raise the "
+                                         r"limit with STYLEPIPE_MAX_IMAGE_PIXELS="):
+        load_rgb(images / "d.png")
+    monkeypatch.setenv("STYLEPIPE_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="STYLEPIPE_MAX_IMAGE_PIXELS='lots': give a whole number"):
+        load_rgb(images / "d.png")

@@ -10,18 +10,22 @@ accepts only headers that :func:`open_image` opens as RGB or L JPEGs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own default (~89.5 M pixels, e.g. 9,459 × 9,459). Larger images are
 # refused as possible decompression bombs; override with STYLEPIPE_MAX_IMAGE_PIXELS
-# or the ``max_pixels`` argument (``resize --max-pixels``).
+# or the ``max_pixels`` argument (``resize --max-pixels``), lower or higher: Pillow's
+# own checks run at this limit too.
 DEFAULT_MAX_PIXELS = 89_478_485
+RAISE_LIMIT = "if you trust the file, raise the limit with STYLEPIPE_MAX_IMAGE_PIXELS=<pixels>"
 
 WHITE = (255, 255, 255)
 
@@ -37,7 +41,33 @@ class ImageError(ValueError):
 
 def max_pixels_default() -> int:
     value = os.environ.get("STYLEPIPE_MAX_IMAGE_PIXELS")
-    return int(value) if value else DEFAULT_MAX_PIXELS
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"STYLEPIPE_MAX_IMAGE_PIXELS={value!r}: give a whole number of pixels, e.g. 200000000")
+    return limit
+
+
+@contextlib.contextmanager
+def _bomb_checks(limit: int | None) -> Iterator[None]:
+    """Pillow's own decompression-bomb checks at ``limit`` (None: none).
+
+    Pillow warns above its ``MAX_IMAGE_PIXELS`` (a warning is a refusal here) and
+    fails above twice that; at its default, a limit raised above 89 M pixels
+    would never be reached. Not thread-safe: Pillow keeps the limit in a global.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes | None = None) -> Image.Image:
@@ -58,9 +88,7 @@ def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes |
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit; a warning is a refusal here
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _bomb_checks(None):  # checked below, with the size in the message
             image = Image.open(path if data is None else io.BytesIO(data))
     except UnidentifiedImageError as err:
         kind = _signature(path, data)
@@ -68,8 +96,6 @@ def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes |
             raise ImageError(path, f"corrupt or unsupported image: starts like a {kind} file but Pillow cannot "
                                    f"read it (e.g. a float RGB TIFF); convert it to an 8-bit PNG or JPEG") from err
         raise ImageError(path, "not an image (unrecognised format)") from err
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(path, f"decompression bomb refused: {err}") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(path, f"corrupt image header: {err}") from err
     width, height = image.size
@@ -79,7 +105,8 @@ def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes |
     if width * height > limit:
         image.close()
         raise ImageError(
-            path, f"decompression bomb refused: {width}x{height} = {width * height:,} pixels > limit {limit:,}"
+            path, f"decompression bomb refused: {width}x{height} = {width * height:,} pixels > limit {limit:,}; "
+                  f"{RAISE_LIMIT}"
         )
     return image
 
@@ -106,12 +133,8 @@ def _signature(path: Path, data: bytes | None = None) -> str | None:
 
 
 def pixel_limit(max_pixels: int | None = None) -> int:
-    """The pixel count above which :func:`open_image` refuses an image: ours or
-    Pillow's own limit, whichever is lower (Pillow warns above its limit, and a
-    warning is a refusal)."""
-    limit = max_pixels_default() if max_pixels is None else max_pixels
-    pillow = Image.MAX_IMAGE_PIXELS
-    return limit if pillow is None else min(limit, pillow)
+    """The pixel count above which :func:`open_image` refuses an image."""
+    return max_pixels_default() if max_pixels is None else max_pixels
 
 
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2))  # baseline, extended sequential, progressive (Huffman)
@@ -174,14 +197,15 @@ def jpeg_frame(data: bytes | bytearray) -> tuple[int, int, int] | None:
     return None
 
 
-def decode(image: Image.Image, path: str | Path) -> Image.Image:
+def decode(image: Image.Image, path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
     """Decode the pixel data; truncated or corrupt data raises ImageError."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _bomb_checks(pixel_limit(max_pixels)):
             image.load()
     except MemoryError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # e.g. a GIF frame beyond the limit
+        raise ImageError(path, f"decompression bomb refused: {str(err).rstrip('.')}; {RAISE_LIMIT}") from err
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
         text = str(err) or type(err).__name__
         reason = "truncated image" if "truncated" in text else "corrupt image data"
@@ -239,7 +263,7 @@ def load_rgb_and_alpha(path: str | Path, *, max_pixels: int | None = None) -> tu
 def _load_upright(path: str | Path, max_pixels: int | None) -> Image.Image:
     image = open_image(path, max_pixels=max_pixels)
     try:
-        decode(image, path)  # Pillow closes the file once a single-frame image is loaded
+        decode(image, path, max_pixels=max_pixels)  # Pillow closes the file once a single-frame image is loaded
     except ImageError:
         image.close()
         raise
