@@ -323,3 +323,10 @@ def test_files_that_are_not_vgg_weights_are_named(not_models):
         message = str(info.value)
         assert message.startswith(f"{root / name}: ") and "VGG16 state_dict" in message and reason in message, message
         assert "weights_only" not in message and "stylepipe fetch loss-network" in message
+
+
+def test_onnx_export_leaves_the_network_as_it_was(tmp_path):
+    net = _seeded_net(4).to(torch.bfloat16).train()
+    export_onnx(net, tmp_path / "model.onnx")  # checked against a float32 copy
+    assert net.training and all(p.dtype == torch.bfloat16 for p in net.parameters())
+    assert check_onnx(_seeded_net(4).to(torch.bfloat16).float().eval(), tmp_path / "model.onnx") < 0.05

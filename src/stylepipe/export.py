@@ -32,8 +32,11 @@ class _Body(nn.Module):
 
 
 def export_onnx(net: TransformerNet, path: str | Path, check: bool = True) -> None:
-    """Write ``net`` as ONNX (dynamic batch, height, width) atomically, then verify it."""
-    net = net.float().eval().cpu()
+    """Write ``net`` as ONNX (dynamic batch, height, width) atomically, then verify it.
+
+    ``net`` itself is left as it was (device, dtype, training mode); a float32 CPU copy is exported.
+    """
+    net = _float_cpu_copy(net)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on constant folding and instance_norm
@@ -42,10 +45,17 @@ def export_onnx(net: TransformerNet, path: str | Path, check: bool = True) -> No
             check_onnx(net, tmp)
 
 
+def _float_cpu_copy(net: TransformerNet) -> TransformerNet:
+    """A float32 CPU copy in eval mode; ``.float()``/``.cpu()``/``.eval()`` would change ``net`` in place."""
+    copy = TransformerNet()
+    copy.load_state_dict({k: v.detach().float().cpu() for k, v in net.state_dict().items()})
+    return copy.eval()
+
+
 def export_graph(net: TransformerNet, target: Any) -> None:
     # the TorchScript-based exporter (dynamo=False) keeps batch, height and width dynamic in this graph
     torch.onnx.export(
-        _Body(net.float().eval().cpu()),
+        _Body(_float_cpu_copy(net)),
         (torch.rand(1, 3, 64, 64) * 255,),
         target,
         input_names=["input"],
