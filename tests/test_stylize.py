@@ -354,6 +354,26 @@ def test_an_image_pillow_cannot_read_is_named_as_such(models, images, tmp_path, 
     assert "convert it to an 8-bit PNG or JPEG" in err
 
 
+def test_photos_in_formats_not_read_are_named(models, tmp_path):
+    # an iPhone's photos are HEIC, which this Pillow does not read
+    folder = tmp_path / "iphone"
+    folder.mkdir()
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)  # the file's first box
+    for name in ("IMG_0001.HEIC", "IMG_0002.HEIC"):
+        (folder / name).write_bytes(heic)
+    with pytest.raises(FileNotFoundError, match=r"iphone: no images found \(2 file\(s\), of kinds \.heic; images "
+                                                r"are read from \.bmp, .*: convert the others \(e\.g\. HEIC\)"):
+        expand_inputs([folder])
+    with pytest.raises(FileNotFoundError, match=r"\*\.HEIC: no images found \(2 file\(s\), of kinds \.heic"):
+        expand_inputs([folder / "*.HEIC"])
+    with pytest.raises(FileNotFoundError, match="only subfolders; for the images inside them give a glob"):
+        expand_inputs([tmp_path])
+    from stylepipe.data.images import ImageError, load_rgb
+
+    with pytest.raises(ImageError, match="IMG_0001.HEIC: corrupt or unsupported image: starts like a HEIC file"):
+        load_rgb(folder / "IMG_0001.HEIC")
+
+
 def test_the_pixel_limit_can_be_raised_above_pillow_s(images, tmp_path, monkeypatch):
     # Pillow's own check (warning above MAX_IMAGE_PIXELS) stopped every image above its default of
     # 89.5 M pixels whatever STYLEPIPE_MAX_IMAGE_PIXELS said; here at a small scale: d.png has 3,072 pixels

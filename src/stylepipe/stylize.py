@@ -136,18 +136,31 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
+        if path.is_file():
+            found.append(path)
+            continue
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir()
-                             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-        elif path.is_file():
-            matches = [path]
+            candidates = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
         else:
-            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True)
-                             if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
+            candidates = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+        matches = [p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES]
         if not matches:
-            raise FileNotFoundError(f"{item}: no images found (not an image file, a folder of images or a matching glob)")
+            raise FileNotFoundError(f"{item}: no images found ({_why_no_images(path, candidates)})")
         found.extend(matches)
     return list(dict.fromkeys(found))
+
+
+def _why_no_images(path: Path, candidates: Sequence[Path]) -> str:
+    if not candidates and path.is_dir():
+        if any(p.is_dir() for p in path.iterdir()):
+            return f"only subfolders; for the images inside them give a glob such as '{path / '**' / '*.jpg'}'"
+        return "an empty folder"
+    if not candidates:
+        return "no such file or folder, and no file matches it as a glob"
+    kinds = sorted({p.suffix.lower() or "no extension" for p in candidates})
+    return (f"{len(candidates)} file(s), of kinds {', '.join(kinds[:8])}{', ...' if len(kinds) > 8 else ''}; "
+            f"images are read from {', '.join(sorted(IMAGE_SUFFIXES))} files: convert the others "
+            "(e.g. HEIC) to JPEG or PNG, or name a file to try it")
 
 
 def target_size(size: tuple[int, int], max_size: int | None = None, scale: float | None = None) -> tuple[int, int]:

@@ -94,7 +94,7 @@ def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes |
         kind = _signature(path, data)
         if kind:
             raise ImageError(path, f"corrupt or unsupported image: starts like a {kind} file but Pillow cannot "
-                                   f"read it (e.g. a float RGB TIFF); convert it to an 8-bit PNG or JPEG") from err
+                                   "read it; if it opens elsewhere, convert it to an 8-bit PNG or JPEG") from err
         raise ImageError(path, "not an image (unrecognised format)") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(path, f"corrupt image header: {err}") from err
@@ -122,13 +122,20 @@ _SIGNATURES = {
 }
 
 
+# ISO base media files (HEIC/HEIF, iPhones' default; AVIF) name their brand after "ftyp" at byte 4
+_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"mif1": "HEIF",
+           b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
 def _signature(path: Path, data: bytes | None = None) -> str | None:
-    """The format a file's first bytes announce, to tell corrupt from not-an-image."""
+    """The format a file's first bytes announce, to tell corrupt or unsupported from not-an-image."""
     if data is not None:
-        head = data[:8]
+        head = data[:12]
     else:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(12)
+    if head[4:8] == b"ftyp" and head[8:12] in _BRANDS:
+        return _BRANDS[head[8:12]]
     return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
