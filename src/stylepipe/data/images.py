@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -22,8 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own default (~89.5 M pixels, e.g. 9,459 × 9,459). Larger images are
 # refused as possible decompression bombs; override with STYLEPIPE_MAX_IMAGE_PIXELS
-# or the ``max_pixels`` argument (``resize --max-pixels``), lower or higher: Pillow's
-# own checks run at this limit too.
+# or the ``max_pixels`` argument (``resize --max-pixels``), lower or higher.
 DEFAULT_MAX_PIXELS = 89_478_485
 RAISE_LIMIT = "if you trust the file, raise the limit with STYLEPIPE_MAX_IMAGE_PIXELS=<pixels>"
 
@@ -52,22 +52,25 @@ def max_pixels_default() -> int:
     return limit
 
 
-@contextlib.contextmanager
-def _bomb_checks(limit: int | None) -> Iterator[None]:
-    """Pillow's own decompression-bomb checks at ``limit`` (None: none).
+_PILLOW_LIMIT = threading.Lock()
 
-    Pillow warns above its ``MAX_IMAGE_PIXELS`` (a warning is a refusal here) and
-    fails above twice that; at its default, a limit raised above 89 M pixels
-    would never be reached. Not thread-safe: Pillow keeps the limit in a global.
+
+@contextlib.contextmanager
+def _pillow_size_check_off() -> Iterator[None]:
+    """Pillow's own check of the image size, off while it reads a header.
+
+    :func:`open_image` checks the size itself, against our limit: Pillow's
+    (``MAX_IMAGE_PIXELS``, 89.5 M; a warning above it, an error above twice
+    that) would refuse larger images whatever STYLEPIPE_MAX_IMAGE_PIXELS says.
+    Pillow keeps it in a global, hence the lock (reading a header is quick).
     """
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _PILLOW_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
             yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes | None = None) -> Image.Image:
@@ -88,7 +91,7 @@ def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes |
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     try:
-        with _bomb_checks(None):  # checked below, with the size in the message
+        with _pillow_size_check_off():  # checked below, against our limit
             image = Image.open(path if data is None else io.BytesIO(data))
     except UnidentifiedImageError as err:
         kind = _signature(path, data)
@@ -204,10 +207,12 @@ def jpeg_frame(data: bytes | bytearray) -> tuple[int, int, int] | None:
     return None
 
 
-def decode(image: Image.Image, path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+def decode(image: Image.Image, path: str | Path) -> Image.Image:
     """Decode the pixel data; truncated or corrupt data raises ImageError."""
     try:
-        with _bomb_checks(pixel_limit(max_pixels)):
+        with warnings.catch_warnings():
+            # a few formats check sizes again while loading (a GIF's frames): a warning is a refusal
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except MemoryError:
         raise
@@ -270,7 +275,7 @@ def load_rgb_and_alpha(path: str | Path, *, max_pixels: int | None = None) -> tu
 def _load_upright(path: str | Path, max_pixels: int | None) -> Image.Image:
     image = open_image(path, max_pixels=max_pixels)
     try:
-        decode(image, path, max_pixels=max_pixels)  # Pillow closes the file once a single-frame image is loaded
+        decode(image, path)  # Pillow closes the file once a single-frame image is loaded
     except ImageError:
         image.close()
         raise
