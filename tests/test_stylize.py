@@ -305,7 +305,8 @@ def test_outputs_keep_the_input_s_transparency(models, images, tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
     on_white = np.asarray(Image.open(tmp_path / "cutout.png").convert("RGBA"), dtype=np.float32)
     alpha = on_white[..., 3:] / 255
-    Image.fromarray(np.rint(on_white[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)).save(tmp_path / "white.png")
+    composited = np.rint(on_white[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    Image.fromarray(composited).save(tmp_path / "white.png")
     palette = Image.open(images / "d.png").convert("P")
     palette.info["transparency"] = palette.getpixel((0, 0))
     palette.save(tmp_path / "gif.png", transparency=palette.getpixel((0, 0)))
@@ -336,7 +337,8 @@ def test_onnxruntime_says_where_it_really_runs(models):
     # what a GPU machine with the CPU-only onnxruntime package gives for an .onnx model
     runner = load_runner(onnx, torch.device("cuda"))
     assert runner.device == torch.device("cpu")
-    assert str(runner) == "onnxruntime fp32 on cpu (this onnxruntime cannot use cuda: pass the .pth model to run on cuda)"
+    assert str(runner) == ("onnxruntime fp32 on cpu "
+                           "(this onnxruntime cannot use cuda: pass the .pth model to run on cuda)")
     assert load_runner(pth, torch.device("cuda"), engine="onnxruntime").device == torch.device("cpu")
     assert str(load_runner(onnx, "cpu")) == "onnxruntime fp32 on cpu"
 
@@ -346,7 +348,8 @@ def test_an_image_pillow_cannot_read_is_named_as_such(models, images, tmp_path, 
 
     _, pth, _ = models
     rgb = np.asarray(Image.open(images / "a.png"), dtype=np.float32) / 255
-    tifffile.imwrite(tmp_path / "scan.tif", rgb, photometric="rgb")  # a valid float32 RGB TIFF, which Pillow does not read
+    # a valid float32 RGB TIFF, which Pillow does not read
+    tifffile.imwrite(tmp_path / "scan.tif", rgb, photometric="rgb")
     assert cli.main(["stylize", "--model", str(pth), "--output", str(tmp_path / "out"), *FP32,
                      str(tmp_path / "scan.tif"), str(images / "a.png")]) == 2
     err = capsys.readouterr().err

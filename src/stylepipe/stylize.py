@@ -90,7 +90,8 @@ def positive_float(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="trained model: .pth state_dict, .onnx, or a checkpoint (.ckpt) of `stylepipe train`")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="trained model: .pth state_dict, .onnx, or a checkpoint (.ckpt) of `stylepipe train`")
     parser.add_argument("--output", type=Path, default=Path("stylized"),
                         help="output folder ({stem}.png per input), or, for a single input, an image path whose "
                              f"extension names the format ({', '.join(OUTPUT_FORMATS)}) (default: stylized)")
