@@ -303,6 +303,8 @@ def test_files_that_are_not_transformer_weights_are_named(not_models, tmp_path):
     state["conv1.conv2d.weight"] = torch.zeros(32, 3, 3, 3)
     torch.save(state, root / "shape.pth")
     cases["shape.pth"] = "wrong shape or type for conv1.conv2d.weight"
+    torch.save(_seeded_net(), root / "whole.pth")  # torch.save(net) rather than net.state_dict()
+    cases["whole.pth"] = "a whole pickled model (if you trust its source, save its .state_dict() instead)"
     for name, reason in cases.items():
         with pytest.raises(ValueError) as info:
             load_transformer(root / name)

@@ -27,7 +27,8 @@ def _load_failure(err: Exception) -> str:
     if isinstance(err, EOFError) or not text:
         return "empty or cut-short file"
     if "Unsupported global" in text:
-        return "a PyTorch file that holds Python objects besides tensors, e.g. a pickled model or a training checkpoint"
+        return ("a PyTorch file that holds Python objects besides tensors, e.g. a whole pickled model (if you "
+                "trust its source, save its .state_dict() instead) or another program's training checkpoint")
     if "WeightsUnpickler" in text or "Weights only load failed" in text:
         return "not a PyTorch weights file: corrupt or another kind of file"
     if "central directory" in text or "PytorchStreamReader" in text:
