@@ -147,3 +147,19 @@ def test_training_step_has_no_op_without_a_deterministic_cuda_kernel():
     with RecordOps() as plain:  # what the pattern catches: PyTorch's own reflection padding's backward
         torch.nn.ReflectionPad2d(1)(torch.rand(1, 1, 4, 4, requires_grad=True)).sum().backward()
     assert any(NO_DETERMINISTIC_CUDA_KERNEL.search(name) for name in plain.names)
+
+
+def test_bf16_true_trains():
+    # precision bf16-true: Lightning converts the whole module to bfloat16; the uint8 batch must follow
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    style, images = style_and_content(16)
+    module = StyleTransferModule(style, VGG)
+    before = module.transformer.conv1.conv2d.weight.detach().clone()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="bf16-true", max_steps=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(images.to(torch.uint8), batch_size=2))
+    weight = module.transformer.conv1.conv2d.weight
+    assert trainer.global_step == 2 and weight.dtype == torch.bfloat16
+    assert not torch.equal(weight.float(), before) and trainer.callback_metrics["train/total_loss"].isfinite()
