@@ -1,8 +1,9 @@
-"""One training step: against an independent float32 pytorch/examples step, under float16, on CUDA's determinism list."""
+"""A training step against an independent float32 pytorch/examples step; float16, bf16-true, determinism."""
 
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from stylepipe.models.vgg import random_state_dict
 from stylepipe.module import StyleTransferModule
+from test_train import assert_identical, setup, train, train_interrupted, variant  # noqa: F401 (setup: a fixture)
 
 VGG_STATE = random_state_dict(0)
 VGG = {k[len("features."):]: v for k, v in VGG_STATE.items()}
@@ -163,3 +165,16 @@ def test_bf16_true_trains():
     weight = module.transformer.conv1.conv2d.weight
     assert trainer.global_step == 2 and weight.dtype == torch.bfloat16
     assert not torch.equal(weight.float(), before) and trainer.callback_metrics["train/total_loss"].isfinite()
+
+
+@pytest.mark.slow
+def test_bf16_mixed_run_with_a_schedule_resumes_bit_for_bit(setup):
+    # the default precision and layout, with a cosine schedule: SIGTERM, then resume = uninterrupted
+    values = dict(precision="bf16-mixed", channels_last=True, lr_schedule="cosine", log_every_n_steps=1)
+    train(setup, "bf16-full", variant(setup, "bf16-full", **values))
+    stopped = train_interrupted(setup, "bf16-cut", signal.SIGTERM, variant(setup, "bf16-cut", **values))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    train(setup, "bf16-cut", variant(setup, "bf16-cut", **values))
+    assert_identical(setup / "bf16-full" / "waves.pth", setup / "bf16-cut" / "waves.pth")
+    full, cut = ((setup / run / "curves.csv").read_text() for run in ("bf16-full", "bf16-cut"))
+    assert full == cut and full.splitlines()[-1].endswith(",0")  # the cosine reaches 0 at the last step

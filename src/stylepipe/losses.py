@@ -1,8 +1,8 @@
 """Perceptual losses of Johnson et al. 2016, scaled as pytorch/examples scales them.
 
 Gram = F Fᵀ / (C·H·W), then the MSE against the style's Gram (a second
-average over C·C entries): with this scaling pytorch/examples' weights
-(content 1e5, style 1e10) mean the same here.
+average, over the batch's B·C·C entries): with this scaling pytorch/examples'
+weights (content 1e5, style 1e10) mean the same here.
 """
 
 from __future__ import annotations
