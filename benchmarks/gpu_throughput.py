@@ -6,8 +6,9 @@ loss computation, bf16 autocast + channels_last loss network) over a range
 of batch sizes, with cuDNN's autotuner off and on; `torch.compile` at the
 best batch size; then the real Trainer that `stylepipe train` builds
 (`build_trainer`: bf16-mixed, checkpointing, progress bar, the DataModule
-over shards on disk, worker processes, pinned memory) at that batch size.
-Stylizing at 512 px: eager fp32 against `stylepipe stylize`'s CUDA runner.
+over shards on disk, worker processes, pinned memory) at that batch size;
+whether two short runs under strict ``torch.use_deterministic_algorithms(True)``
+run at all and end with the same weights. Stylizing at 512 px: eager fp32 against `stylepipe stylize`'s CUDA runner.
 
 Sections run in order of importance and are skipped once ``--budget``
 seconds are spent. Throughput is images per second between CUDA
@@ -38,7 +39,7 @@ from train_throughput import Ours, Reference
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = time.monotonic()
-RESULTS: dict = {"train": [], "compile": [], "trainer": [], "stylize": []}
+RESULTS: dict = {"train": [], "compile": [], "trainer": [], "stylize": [], "determinism": None}
 
 
 def log(*args) -> None:
@@ -199,6 +200,32 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
         f"{tp['num_workers']} loader workers: {rate:.1f} images/s")
 
 
+def determinism_section(args, device, vgg_state, style, batch_size: int = 16, steps: int = 3) -> None:
+    """Two short runs of our step under torch.use_deterministic_algorithms(True), without warn_only:
+    does any op refuse (Lightning's deterministic="warn" would let it run), and are the weights equal bit for bit?"""
+    gen = torch.Generator().manual_seed(2)
+    batches = [(torch.rand(batch_size, 3, args.size, args.size, generator=gen) * 255).to(torch.uint8).to(device)
+               for _ in range(steps)]
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # what Lightning sets for deterministic runs
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            ours = Ours(vgg_state, style, 0, True, True, device)
+            for batch in batches:
+                ours.step(batch)
+            runs.append({k: v.detach().clone() for k, v in ours.module.transformer.state_dict().items()})
+        same = all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+        outcome = "identical weights" if same else "weights differ"
+    except RuntimeError as err:
+        outcome = f"refused: {str(err).splitlines()[0]}"
+    finally:
+        torch.use_deterministic_algorithms(False)
+    RESULTS["determinism"] = f"batch {batch_size}, {steps} steps twice: {outcome}"
+    log(f"strict determinism: {RESULTS['determinism']}")
+
+
 def stylize_section(args, device) -> None:
     from stylepipe.stylize import load_runner
 
@@ -251,6 +278,8 @@ def summary(args) -> None:
     for r in RESULTS["trainer"]:
         print(f"Trainer (stylepipe train's), {r['precision']}, deterministic={r['deterministic']}, batch {r['batch_size']}: "
               f"{r['images_per_s']:.1f} training images/s")
+    if RESULTS["determinism"]:
+        print(f"torch.use_deterministic_algorithms(True), bf16 autocast + CL: {RESULTS['determinism']}")
     for r in RESULTS["stylize"]:
         print(f"stylize batch {r['batch_size']}: reference {r['reference_fp32']:.1f}, ours {r['ours']:.1f}, "
               f"bf16 weights + CL {r['bf16_weights_cl']:.1f} images/s, speedup_vs_reference: {r['ours'] / r['reference_fp32']:.2f}")
@@ -284,6 +313,7 @@ def main() -> None:
     try:
         best_batch, cudnn_benchmark = train_sweep(args, device, vgg_state, style)
         log(f"best batch size {best_batch} (cudnn.benchmark {cudnn_benchmark})")
+        determinism_section(args, device, vgg_state, style)
         for deterministic in (False, True):
             if not out_of_time(args.budget * 0.65, "Trainer"):
                 trainer_section(args, device, vgg_state, style, best_batch, deterministic)

@@ -57,6 +57,32 @@ def test_gram_matrix_gradient_matches_autograd(memory_format):
     np.testing.assert_allclose(ours.grad.double().numpy(), reference.grad.numpy(), rtol=1e-4, atol=1e-7)
 
 
+def test_gram_matrix_dtype_and_accuracy_under_autocast():
+    # bf16-mixed: bf16 features give a bf16 Gram (accumulated in float32, rounded once);
+    # float32 features stay float32 whatever the autocast; float16 features give float32
+    torch.manual_seed(0)
+    f = torch.relu(torch.randn(2, 16, 24, 24)).bfloat16().contiguous(memory_format=torch.channels_last)
+    exact = np_gram(f.double().numpy())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, fp32 = gram_matrix(f), gram_matrix(f.float())
+    assert bf16.dtype == torch.bfloat16 and fp32.dtype == torch.float32
+    np.testing.assert_allclose(bf16.double().numpy(), exact, rtol=2.0**-8, atol=0)
+    np.testing.assert_allclose(fp32.numpy(), exact, rtol=1e-5, atol=1e-7)
+
+
+def test_gram_matrix_of_float16_features_does_not_overflow():
+    # F Fᵀ sums over H·W positions before the normalisation: here 128·128 · 2² = 65536,
+    # beyond float16's 65504, although the normalised Gram is 2
+    features = torch.full((1, 2, 128, 128), 2.0, dtype=torch.float16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        gram = gram_matrix(features)
+        loss = style_loss({"a": features}, {"a": torch.zeros(1, 2, 2)}, ["a"])
+    assert gram.dtype == torch.float32
+    torch.testing.assert_close(gram, torch.full((1, 2, 2), 2.0))
+    loss.backward()
+    assert loss.item() == 4.0 and features.grad.dtype == torch.float16 and features.grad.isfinite().all()
+
+
 def test_content_loss_is_mean_squared_error(feats):
     x, y = feats["x"], feats["y"]
     expected = np.mean((x["relu2_2"].astype(np.float64) - y["relu2_2"]) ** 2)

@@ -123,8 +123,10 @@ class StyleTransferModule(pl.LightningModule):
     _input_format = torch.contiguous_format
 
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
-        # batches arrive as uint8: 4× less to copy to the device
-        return batch.float().contiguous(memory_format=self._input_format)
+        # batches arrive as uint8: 4× less to copy to the device; then the network's dtype
+        # (float32, or bfloat16 under bf16-true, where Lightning converts the whole module)
+        dtype = self.transformer.conv1.conv2d.weight.dtype
+        return batch.to(dtype).contiguous(memory_format=self._input_format)
 
     def losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         stylized = self.transformer(images)

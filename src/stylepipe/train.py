@@ -296,7 +296,7 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
         val_check_interval=tp["val_check_interval"] * tp["accumulate_grad_batches"],
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        # reflection padding has no deterministic CUDA backward: warn there instead of failing
+        # on CUDA, warn rather than fail should an op lack a deterministic kernel (none of the eager step's does)
         deterministic=("warn" if on_cuda else True) if tp["deterministic"] else False,
         log_every_n_steps=tp["log_every_n_steps"],
         default_root_dir=scratch,
