@@ -10,12 +10,15 @@ training objective (so they change by the factor when a weight changes), and
 are the same measurements before ``content_weight``, ``style_weight`` and
 ``tv_weight``: those compare across revisions whose weights differ. SSIM to the content image says how much of
 the photograph survives. Throughput and size say what the network costs.
-Every value is a finite number, so ``dvc metrics diff`` can compare commits.
+Every value is a finite number, so ``dvc metrics diff`` can compare commits,
+and the losses and SSIM of the same model and images are the same whatever
+the thread count.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -82,9 +85,31 @@ def _tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(image.copy()).permute(2, 0, 1).unsqueeze(0).float().to(device)
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one CPU thread: oneDNN and torch split their sums by thread, so the losses'
+    last digits would depend on the thread count (and differ between Snakemake and DVC runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
-    """Mean content/style/TV/total loss (weighted, and each term unweighted) and SSIM over the evaluation images."""
+    """Mean content/style/TV/total loss (weighted, and each term unweighted) and SSIM over the evaluation images.
+
+    On the CPU it runs on one thread, so the numbers do not depend on the thread count.
+    """
+    if device.type == "cpu":
+        with _one_thread():
+            return _loss_metrics(pairs, style_image, loss_network, train, device)
+    return _loss_metrics(pairs, style_image, loss_network, train, device)
+
+
+@torch.inference_mode()
+def _loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
     from stylepipe.losses import content_loss, gram_matrix, style_loss, tv_loss
     from stylepipe.models.vgg import LossNetwork, layer_names
     from stylepipe.module import load_style_image
