@@ -79,6 +79,8 @@ def fake_outputs(root: Path, params: dict, entries: int) -> None:
         metrics[style] = {"total_loss": 1.0}
         (root / "results/metrics").mkdir(parents=True, exist_ok=True)
         (root / f"results/metrics/{style}.json").write_text(json.dumps(metrics[style]))
+        (root / "results/speed").mkdir(parents=True, exist_ok=True)
+        (root / f"results/speed/{style}.json").write_text(json.dumps({"stylize_images_per_s": 1.0}))
     (root / "results/metrics.json").write_text(json.dumps(metrics))
     (root / "results/gallery.png").write_bytes(b"gallery")
 

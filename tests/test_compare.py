@@ -75,7 +75,9 @@ def history(tmp_path_factory) -> dict:
     shas["B"] = run("git", "rev-parse", "HEAD", cwd=repo).strip()
     metrics = {tag: json.loads(run("git", "show", f"{sha}:results/metrics.json", cwd=repo))
                for tag, sha in shas.items()}
-    return {"repo": repo, **shas, "metrics": metrics}
+    speed = {tag: {style: json.loads(run("git", "show", f"{sha}:results/speed/{style}.json", cwd=repo))
+                   for style in STYLES} for tag, sha in shas.items()}
+    return {"repo": repo, **shas, "metrics": metrics, "speed": speed}
 
 
 def _cache_objects(repo: Path, rev: str, *outputs: str) -> set[str]:
@@ -301,6 +303,7 @@ def test_metrics_show_integers_whole_and_seconds_plainly(history, report_ab):
     b = history["metrics"]["B"]["waves"]
     assert isinstance(b["model_params"], int) and f">{b['model_params']}<" in _metric_row(page, "waves", "model_params")
     assert "e+" not in _metric_row(page, "waves", "model_params")
+    b = history["speed"]["B"]["waves"]  # throughput, from its own file, among the metrics
     assert f">{b['train_wall_time_s']:.1f} s<" in _metric_row(page, "waves", "train_wall_time_s") or \
         f">{b['train_wall_time_s']:.2g} s<" in _metric_row(page, "waves", "train_wall_time_s")
 

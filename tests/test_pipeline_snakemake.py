@@ -40,8 +40,8 @@ def tool_env() -> dict:
     }
 
 
-def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=root, env=tool_env(), capture_output=True, text=True)
+def sh(root: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=root, env={**tool_env(), **(env or {})}, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -113,7 +113,7 @@ def test_every_declared_output_exists(run):
     for style in STYLES:
         for path in (f"results/models/{style}.pth", f"results/models/{style}.onnx",
                      f"results/checkpoints/{style}.ckpt", f"results/train/{style}/curves.csv",
-                     f"results/metrics/{style}.json", f"logs/train/{style}.log"):
+                     f"results/metrics/{style}.json", f"results/speed/{style}.json", f"logs/train/{style}.log"):
             assert (run / path).is_file(), path
     # nothing left to do
     assert "Nothing to be done" in sh(run, "snakemake", "-n").stdout
@@ -127,6 +127,33 @@ def test_metrics_are_finite(run):
         for key, value in values.items():
             assert isinstance(value, (int, float)) and math.isfinite(value), (style, key, value)
         assert values["eval_images"] == len(EVAL)
+        # throughput varies from run to run: in its own file, not among the metrics DVC diffs
+        speed = json.loads((run / f"results/speed/{style}.json").read_text())
+        assert speed["train_images_per_s"] > 0 and speed["stylize_images_per_s"] > 0
+        assert not set(speed) & set(values)
+
+
+def test_metrics_do_not_depend_on_the_thread_count(run):
+    # Snakemake gives evaluate `threads` (capped by --cores), DVC leaves torch all cores: the
+    # same model and images must give the same metrics either way
+    import torch
+
+    from stylepipe.config import load_params, train_params
+    from stylepipe.evaluate import image_pairs, loss_metrics
+
+    style = STYLES[0]
+    train = train_params(load_params([run / "params.yaml"]), style)
+    pairs = image_pairs(run / "data/eval", run / "results/stylized" / style)
+    threads, results = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(loss_metrics(pairs, run / f"data/styles/{style}.png",
+                                        run / "data/models/vgg16_features.pth", train, torch.device("cpu")))
+            assert torch.get_num_threads() == n  # left as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0] == results[1]
 
 
 def test_stylized_images_and_gallery_grid(run):

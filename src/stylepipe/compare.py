@@ -1,7 +1,8 @@
 """Compare git revisions: params, metrics, training curves and stylized images.
 
 `dvc metrics diff` prints numbers; style transfer has to be looked at. For each
-revision this reads what the pipeline recorded (params.yaml, results/metrics.json,
+revision this reads what the pipeline recorded (params.yaml, results/metrics.json
+and each style's throughput in results/speed/,
 each style's curves.csv, the evaluation images and their stylizations) from git
 and the DVC cache or remote through `dvc.api.DVCFileSystem`; the special revision
 ``workspace`` means the files on disk. It writes one self-contained HTML page
@@ -47,6 +48,7 @@ WORKSPACE = "workspace"
 PARAMS = "params.yaml"
 METRICS = "results/metrics.json"
 STYLE_METRICS = "results/metrics/{style}.json"
+STYLE_SPEED = "results/speed/{style}.json"  # throughput, apart from the metrics: it varies from run to run
 CURVES = "results/train/{style}/curves.csv"
 EVAL_DIR = "data/eval"
 EVAL_IMAGE = "data/eval/{image}.png"
@@ -370,6 +372,7 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
                 elif style_metrics is not None:
                     rev.metrics[style] = style_metrics
         styles += [s for s in rev.metrics if s not in styles]
+        _read_speed(source, rev, styles)
         _derive_unweighted(rev)
         eval_items = (rev.params.get("data") or {}).get("eval") or []
         images = [str(item["name"]) for item in eval_items if isinstance(item, dict) and "name" in item]
@@ -400,6 +403,20 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
     finally:
         source.close()
     return rev
+
+
+def _read_speed(source: _Source, rev: Revision, styles: list[str]) -> None:
+    """Each style's throughput (results/speed/STYLE.json) as rows of its metrics, where recorded."""
+    for style in styles:
+        path = STYLE_SPEED.format(style=style)
+        before = len(rev.missing)
+        speed = source.parse(path, json.loads)
+        # absent in revisions that kept throughput among the metrics: nothing is missing there
+        rev.missing[before:] = [m for m in rev.missing[before:] if m.reason != "absent"]
+        if speed is not None and not _is_metrics(speed):
+            rev.missing.append(Missing(path, None, _not_metrics(speed, "{metric: value}"), "unparsable"))
+        elif speed is not None:
+            rev.metrics.setdefault(style, {}).update(speed)
 
 
 def workspace_status(repo: Path) -> tuple[list[tuple[str, str]], str | None]:

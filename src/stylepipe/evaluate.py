@@ -9,13 +9,19 @@ training objective (so they change by the factor when a weight changes), and
 ``content_loss_unweighted``, ``style_loss_unweighted`` and ``tv_loss_unweighted``
 are the same measurements before ``content_weight``, ``style_weight`` and
 ``tv_weight``: those compare across revisions whose weights differ. SSIM to the content image says how much of
-the photograph survives. Throughput and size say what the network costs.
-Every value is a finite number, so ``dvc metrics diff`` can compare commits.
+the photograph survives, and size what the network costs. Every value is a
+finite number, so ``dvc metrics diff`` can compare commits, and the same model
+and images give the same numbers, whatever the thread count.
+
+Throughput (training images/s and wall time from the training summary,
+stylizing images/s) changes from run to run, so it goes to a file of its own
+(``--speed``), which the pipeline keeps out of ``dvc metrics diff``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -43,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style-image", required=True, type=Path, help="the style image the network was trained on")
     parser.add_argument("--loss-network", required=True, type=Path, help="VGG16 features state_dict")
     parser.add_argument("--train-summary", required=True, type=Path, help="the training run's summary.json")
-    parser.add_argument("--output", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--output", required=True, type=Path, help="metrics JSON to write (reproducible values)")
+    parser.add_argument("--speed", type=Path,
+                        help="speed JSON to write: training and stylizing throughput, which vary from run to run "
+                             "(without it, stylizing speed is not measured)")
 
 
 def _load_uint8(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -82,9 +91,31 @@ def _tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(image.copy()).permute(2, 0, 1).unsqueeze(0).float().to(device)
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one CPU thread: oneDNN and torch split their sums by thread, so the losses'
+    last digits would depend on the thread count (and differ between Snakemake and DVC runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
-    """Mean content/style/TV/total loss (weighted, and each term unweighted) and SSIM over the evaluation images."""
+    """Mean content/style/TV/total loss (weighted, and each term unweighted) and SSIM over the evaluation images.
+
+    On the CPU it runs on one thread, so the numbers do not depend on the thread count.
+    """
+    if device.type == "cpu":
+        with _one_thread():
+            return _loss_metrics(pairs, style_image, loss_network, train, device)
+    return _loss_metrics(pairs, style_image, loss_network, train, device)
+
+
+@torch.inference_mode()
+def _loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
     from stylepipe.losses import content_loss, gram_matrix, style_loss, tv_loss
     from stylepipe.models.vgg import LossNetwork, layer_names
     from stylepipe.module import load_style_image
@@ -150,7 +181,8 @@ def _train_summary(path: Path) -> dict:
     return values
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def evaluate(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """(metrics, speed): the reproducible measurements, and the throughput (None without ``--speed``)."""
     from stylepipe.models.transformer import load_transformer
     from stylepipe.stylize import load_runner
 
@@ -164,28 +196,35 @@ def evaluate(args: argparse.Namespace) -> dict:
     summary = _train_summary(args.train_summary)
     model = load_transformer(args.model)
     metrics = loss_metrics(pairs, args.style_image, args.loss_network, train, device)
-
-    speed = params["evaluate"]
-    # as the stylize step runs it: its default device, engine and the params' precision
-    runner = load_runner(args.model, precision=params["stylize"]["precision"])
-    print(f"{args.style}: stylize speed measured with {runner}", file=sys.stderr)
     metrics.update(
         eval_images=len(pairs),
-        train_images_per_s=float(summary["images_per_s"]),
-        train_wall_time_s=float(summary["wall_time_s"]),
-        stylize_size=speed["speed_size"],
-        stylize_images_per_s=stylize_speed(runner, speed["speed_size"], speed["speed_images"], params["seed"]),
         model_size_mb=args.model.stat().st_size / 1e6,
         model_params=sum(p.numel() for p in model.parameters()),
     )
     bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
     if bad:
         raise ValueError(f"{args.style}: non-finite metrics {bad}; the network diverged (check the training curves)")
-    return metrics
+    if args.speed is None:
+        return metrics, None
+
+    timing = params["evaluate"]
+    # as the stylize step runs it: its default device, engine and the params' precision
+    runner = load_runner(args.model, precision=params["stylize"]["precision"])
+    print(f"{args.style}: stylize speed measured with {runner}", file=sys.stderr)
+    speed = {
+        "train_images_per_s": float(summary["images_per_s"]),
+        "train_wall_time_s": float(summary["wall_time_s"]),
+        "stylize_size": timing["speed_size"],
+        "stylize_images_per_s": stylize_speed(runner, timing["speed_size"], timing["speed_images"], params["seed"]),
+    }
+    return metrics, speed
 
 
 def main(args: argparse.Namespace) -> int:
-    metrics = evaluate(args)
+    metrics, speed = evaluate(args)
     write_json(args.output, metrics)
-    print(f"{args.style}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    if speed is not None:
+        write_json(args.speed, speed)
+    values = metrics | (speed or {})
+    print(f"{args.style}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())))
     return 0

@@ -18,7 +18,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -249,8 +248,9 @@ def _atomic_checkpoint_io():
         def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
             if storage_options is not None:
                 raise TypeError("storage_options are not supported for local checkpoints")
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
+            # through a file object: torch.save names the zip's folder after a path (here the random temp name)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
 
     return AtomicCheckpointIO()
 
@@ -421,13 +421,37 @@ def run(args: argparse.Namespace) -> int:
 
         export_onnx(net, args.onnx)
     if args.checkpoint:
-        with atomic_path(args.checkpoint) as tmp:
-            shutil.copyfile(final, tmp)
+        export_checkpoint(final, args.checkpoint)
     if args.curves:
         write_curves(args.curves, curves.rows)
     if args.summary:
         write_json(args.summary, _summary(args.style, trainer, tp, datamodule, curves))
     return 0
+
+
+# checkpoint paths ModelCheckpoint records, made absolute by Lightning
+CHECKPOINT_PATH_KEYS = ("dirpath", "best_model_path", "last_model_path", "kth_best_model_path")
+
+
+def export_checkpoint(final: Path, path: Path) -> None:
+    """Write the final checkpoint to ``path`` with the same bytes for the same run, wherever and whenever it ran.
+
+    It is a DVC output, so what varies between equal runs stays out:
+    ModelCheckpoint's absolute paths become relative to the working directory
+    (the repository root, for both runners), and the accumulated wall time
+    goes (it is in the summary).
+    """
+    ckpt = torch.load(final, map_location="cpu", weights_only=False)
+    for key, state in ckpt.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint"):
+            for name in CHECKPOINT_PATH_KEYS:
+                if state.get(name):
+                    state[name] = os.path.relpath(state[name])
+            state["best_k_models"] = {os.path.relpath(p): v for p, v in state.get("best_k_models", {}).items()}
+        elif key.endswith(".Curves"):
+            state.pop("wall_time", None)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def _plain_copy(transformer: torch.nn.Module):

@@ -85,12 +85,14 @@ rule evaluate:
         loss_network="data/models/vgg16_features.pth",
         summary="results/train/{style}/summary.json",
     output:
-        report(
+        metrics=report(
             "results/metrics/{style}.json",
             caption="../../report/metrics.rst",
             category="Metrics",
             subcategory="{style}",
         ),
+        # throughput varies from run to run: kept apart from the metrics
+        speed="results/speed/{style}.json",
     log:
         "logs/evaluate/{style}.log",
     params:
@@ -107,7 +109,7 @@ rule evaluate:
         "stylepipe evaluate --params {PARAMS_FILES:q} --style {wildcards.style} --model {input.model}"
         " --eval-images {input.eval_images} --stylized {input.stylized}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
-        " --train-summary {input.summary} --output {output} > {log} 2>&1"
+        " --train-summary {input.summary} --output {output.metrics} --speed {output.speed} > {log} 2>&1"
 
 
 rule report:
