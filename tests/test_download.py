@@ -188,7 +188,7 @@ def test_cli_fetch_reports_a_wrong_cached_file_and_keeps_it(server, tmp_path, ca
     cached.write_bytes(b"fake\n")
     rc = cli(["fetch", "loss-network", "--params", str(tmp_path / "p.yaml"), "--output", str(tmp_path / "x.pth"),
               "--downloads", str(tmp_path / "dl")])
-    assert rc == 1
+    assert rc == 2
     err = capsys.readouterr().err
     assert "key loss_network.url" in err and str(cached) in err and "wrong file?" in err
     assert cached.read_bytes() == b"fake\n" and Handler.requests == []
@@ -235,7 +235,7 @@ def test_missing_file_url_fails_at_once_with_the_path(tmp_path):
 def test_cli_requires_a_checksum_and_reports_errors(server, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["download", f"{server}/ok/data.bin", "--output", str(tmp_path / "x")])
-    assert cli(["download", f"{server}/ok/nope.bin", "--output", str(tmp_path / "x"), "--md5", MD5]) == 1
+    assert cli(["download", f"{server}/ok/nope.bin", "--output", str(tmp_path / "x"), "--md5", MD5]) == 2
     assert "HTTP 404" in capsys.readouterr().err
 
 
@@ -292,6 +292,6 @@ def test_cli_extract_refuses_escaping_zip(server, tmp_path, capsys):
     Handler.files["evil.zip"] = data = _zip({"../evil.txt": b"x"})
     rc = cli(["download", f"{server}/ok/evil.zip", "--output", str(tmp_path / "content"), "--extract",
               "--archive", str(tmp_path / "evil.zip"), "--sha256", hashlib.sha256(data).hexdigest()])
-    assert rc == 1
+    assert rc == 2
     assert "escapes the target folder" in capsys.readouterr().err
     assert not (tmp_path / "content").exists()

@@ -178,13 +178,13 @@ def test_hidden_files_are_not_inputs(inputs):
 def test_nothing_usable_is_an_error_and_writes_nothing(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(b"")
-    assert cli(["resize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--size", "8"]) == 1
+    assert cli(["resize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--size", "8"]) == 2
     assert "a.jpg: empty file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_missing_input_folder_names_the_fix(tmp_path, capsys):
-    assert cli(["resize", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--size", "8"]) == 1
+    assert cli(["resize", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--size", "8"]) == 2
     assert "stylepipe fetch content" in capsys.readouterr().err
 
 
@@ -225,7 +225,7 @@ def test_zip_input_gives_the_same_shards_as_the_folder(resized, zipped, tmp_path
 
 
 def test_a_file_that_is_not_a_zip_is_a_clear_error(inputs, tmp_path, capsys):
-    assert cli(["resize", "--input", str(inputs / "a_rgb.jpg"), "--output", str(tmp_path / "o"), "--size", "8"]) == 1
+    assert cli(["resize", "--input", str(inputs / "a_rgb.jpg"), "--output", str(tmp_path / "o"), "--size", "8"]) == 2
     err = capsys.readouterr().err
     assert "a_rgb.jpg: not a zip file" in err and "folder" in err
     assert not (tmp_path / "o").exists()

@@ -96,7 +96,7 @@ def test_loss_network_imagenet_keeps_only_features_below_23(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     cached.unlink()
     assert _fetch("loss-network", "--params", str(tmp_path / "p.yaml"), "--output", str(tmp_path / "bad.pth"),
-                  "--downloads", str(tmp_path / "dl")) == 1
+                  "--downloads", str(tmp_path / "dl")) == 2
     assert not (tmp_path / "bad.pth").exists()
 
 
@@ -151,7 +151,7 @@ def test_content_tar_with_escaping_member_is_refused(tmp_path, capsys):
         tf.addfile(info)
     p = _params(tmp_path, content={"url": tar.as_uri(), "md5": hashlib.md5(tar.read_bytes()).hexdigest()})
     assert _fetch("content", "--params", str(p), "--output", str(tmp_path / "c.zip"),
-                  "--downloads", str(tmp_path / "dl")) == 1
+                  "--downloads", str(tmp_path / "dl")) == 2
     assert "escapes" in capsys.readouterr().err
     assert not (tmp_path / "c.zip").exists()
 
@@ -170,7 +170,7 @@ def test_eval_from_file_and_url_with_checksum(tmp_path, capsys):
     (tmp_path / "dl" / "local" / src.relative_to("/")).unlink()
     p = _params(tmp_path, eval=eval_items)
     assert _fetch("eval", "--params", str(p), "--output", str(tmp_path / "eval2"),
-                  "--downloads", str(tmp_path / "dl")) == 1
+                  "--downloads", str(tmp_path / "dl")) == 2
     err = capsys.readouterr().err
     assert "data.eval[1] (remote)" in err and "mismatch" in err
     assert not (tmp_path / "eval2").exists()
@@ -178,7 +178,7 @@ def test_eval_from_file_and_url_with_checksum(tmp_path, capsys):
 
 def test_unknown_skimage_sample_lists_the_bundled_ones(tmp_path, capsys):
     p = _params(tmp_path, content={"skimage": ["astronaut", "no_such_sample"]})
-    assert _fetch("content", "--params", str(p), "--output", str(tmp_path / "c.zip")) == 1
+    assert _fetch("content", "--params", str(p), "--output", str(tmp_path / "c.zip")) == 2
     err = capsys.readouterr().err
     assert "no_such_sample" in err and "astronaut" in err and "data.content.skimage" in err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["params.yaml"]  # no zip, no temp file left
@@ -193,7 +193,7 @@ def test_unreadable_cached_style_image_is_moved_aside_not_deleted(tmp_path, caps
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"<html>not an image</html>")
     assert _fetch("style", "--params", str(tmp_path / "p.yaml"), "--style", "candy",
-                  "--output", str(tmp_path / "candy.png"), "--downloads", str(tmp_path / "dl")) == 1
+                  "--output", str(tmp_path / "candy.png"), "--downloads", str(tmp_path / "dl")) == 2
     err = capsys.readouterr().err
     aside = cached.with_name("candy.jpg.not-an-image")
     assert "styles.candy" in err and str(cached) in err and str(aside) in err

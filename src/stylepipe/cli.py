@@ -48,9 +48,14 @@ def user_message(err: BaseException) -> str:
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stylepipe",
+        usage="%(prog)s [-h] [--version] COMMAND [options]",
         description="Reproducible fast neural style transfer: one command per pipeline step.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()),
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+        + "\n\n`stylepipe COMMAND --help` lists a command's options. Bad input ends a command with one line,\n"
+        "`stylepipe COMMAND: error: ...`, and exit status 2. Snakemake and DVC run these commands for\n"
+        "you (`snakemake -n -p` prints them); README.md and docs/ describe the pipeline.",
     )
     parser.add_argument("--version", action="version", version=f"stylepipe {__version__}")
     parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="the step to run (see below)")

@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", nargs="+", required=True, type=Path,
+    parser.add_argument("--params", nargs="+", required=True, type=Path, metavar="FILE",
                         help="params files, merged in order; the report covers the styles under `styles`")
     parser.add_argument("--metrics-dir", required=True, type=Path,
                         help="folder of per-style metrics (results/metrics): STYLE.json for each style")

@@ -97,8 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"extension names the format ({', '.join(OUTPUT_FORMATS)}) (default: stylized)")
     parser.add_argument("--max-size", type=positive_int, help="shrink images whose long edge is larger than this")
     parser.add_argument("--scale", type=positive_float, help="resize every image by this factor (after --max-size)")
-    parser.add_argument("--batch-size", type=positive_int, default=4)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--batch-size", type=positive_int, default=4,
+                        help="images of the same size stylized at once (default 4)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="auto: CUDA, then MPS, then the CPU")
     parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="auto: PyTorch for bf16 and on CUDA/MPS, onnxruntime for fp32 on a CPU")
     parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", nargs="+", required=True, metavar="FILE", help="params files, merged in order")
     parser.add_argument("--style", required=True, help="style name (a key of `styles` in params)")
     parser.add_argument("--data", required=True, type=Path, help="resized shard dir (with manifest.json) or a folder of images")
-    parser.add_argument("--style-image", required=True, type=Path)
+    parser.add_argument("--style-image", required=True, type=Path, help="the style image (data/styles/STYLE.png)")
     parser.add_argument("--loss-network", required=True, type=Path, help="VGG16 features state_dict")
     parser.add_argument("--model", required=True, type=Path, help="output: TransformerNet state_dict (.pth)")
     parser.add_argument("--onnx", type=Path, help="output: ONNX export")

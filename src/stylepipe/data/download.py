@@ -279,6 +279,6 @@ def main(args: argparse.Namespace) -> int:
                         archive=args.archive, retries=args.retries)
     except (DownloadError, ArchiveError, ValueError) as err:
         print(f"stylepipe download: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{path}: ok")
     return 0

@@ -333,7 +333,7 @@ def main(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"stylepipe resize: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(
         f"{args.output}: {manifest['count']} images of {args.size}x{args.size} in "
         f"{len(manifest['shards'])} shard(s); {manifest['skipped_count']} skipped"

@@ -315,7 +315,7 @@ def _is_loss_layer(key: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=WHAT, help="what to fetch")
-    parser.add_argument("--params", nargs="+", required=True, help="params files, merged in order")
+    parser.add_argument("--params", nargs="+", required=True, metavar="FILE", help="params files, merged in order")
     parser.add_argument("--output", required=True, type=Path, help="file or folder to create")
     parser.add_argument("--style", help="style name (for `fetch style`)")
     parser.add_argument(
@@ -339,6 +339,6 @@ def main(args: argparse.Namespace) -> int:
             fetch_loss_network(params, args.output, args.downloads)
     except SourceError as err:
         print(f"stylepipe fetch {args.what}: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{args.output}: ok")
     return 0
