@@ -508,7 +508,7 @@ def test_default_revisions_and_params_flattening():
 def test_curves_spanning_decades_use_a_log_axis():
     import pandas as pd
 
-    from stylepipe.compare import svg_chart
+    from stylepipe.charts import svg_chart
 
     steep = pd.DataFrame({"step": [1, 2, 3], "style_loss": [1e6, 1e4, 1e2]})
     flat = pd.DataFrame({"step": [1, 2, 3], "style_loss": [3.0, 2.0, 1.0]})
@@ -523,7 +523,7 @@ def test_curves_spanning_decades_use_a_log_axis():
 def test_non_finite_curve_values_are_not_charted_but_marked():
     import pandas as pd
 
-    from stylepipe.compare import _ticks, svg_chart
+    from stylepipe.charts import _ticks, svg_chart
 
     blown = pd.DataFrame({"step": [1, 2, 3, 4], "total_loss": [7e5, 6e5, float("inf"), float("nan")],
                           "content_loss": [3.0, 2.0, float("nan"), float("nan")]})

@@ -253,3 +253,66 @@ def test_wrap_text_keeps_every_character_within_the_width():
     assert len(lines) >= 2 and all(line.endswith("-") for line in lines[:-1])  # broken at the hyphens
     cut = wrap_text("x" * 200, font, 50, max_lines=2)
     assert len(cut) == 2 and cut[-1].endswith("…")
+
+
+def _curves(root: Path, style: str, lr: list[float], tv: float = 0.0) -> None:
+    """A curves.csv as `stylepipe train` writes it: losses falling over 4 logged steps."""
+    path = root / style / "curves.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["step,content_loss,style_loss,tv_loss,total_loss,lr"]
+    for i, step in enumerate((10, 20, 30, 40)):
+        content, style_loss = 1e5 / (i + 1), 5e5 / (i + 1) ** 2
+        rows.append(f"{step},{content},{style_loss},{tv},{content + style_loss + tv},{lr[i]}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _charts(svg: str) -> list[str]:
+    """The chart titles of a curves picture (which also checks that it is well-formed XML)."""
+    import xml.etree.ElementTree as ET
+
+    ns = "{http://www.w3.org/2000/svg}"
+    root = ET.fromstring(svg)
+    return [t.text for t in root.iter(f"{ns}text") if t.get("class") == "title"][1:]  # [0]: the figure's title
+
+
+def test_report_draws_the_training_curves_of_each_style(run, tmp_path):
+    train = tmp_path / "train"
+    _curves(train, "mosaic", lr=[1e-3] * 4)
+    _curves(train, "waves", lr=[1e-3] * 4)
+    _curves(train, "removed", lr=[1e-3] * 4)  # not under `styles`: left out
+    styles = {"mosaic": {"generate": "mosaic"}, "waves": {"generate": "waves"}}
+    for out in ("a", "b"):
+        proc = _report(run, tmp_path / out, styles, "--train-dir", str(train), "--curves", str(tmp_path / out / "c.svg"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    svg = (tmp_path / "a" / "c.svg").read_text()
+    # TV weight 0 (a zero TV loss) and a constant learning rate draw no chart
+    assert _charts(svg) == ["total_loss", "content_loss", "style_loss"]
+    assert "mosaic" in svg and "waves" in svg and "removed" not in svg
+    assert svg.count("<polyline") == 3 * 2  # a line per style in each chart
+    assert (tmp_path / "b" / "c.svg").read_bytes() == (tmp_path / "a" / "c.svg").read_bytes()
+
+    # a schedule that moves the learning rate, and a TV term, get their charts
+    _curves(train, "waves", lr=[1e-3, 1e-3, 5e-4, 2.5e-4], tv=7.0)
+    proc = _report(run, tmp_path / "c", styles, "--train-dir", str(train), "--curves", str(tmp_path / "c" / "c.svg"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _charts((tmp_path / "c" / "c.svg").read_text()) == ["total_loss", "content_loss", "style_loss",
+                                                                "tv_loss", "lr"]
+
+
+def test_report_names_missing_or_broken_curves(run, tmp_path):
+    train = tmp_path / "train"
+    _curves(train, "waves", lr=[1e-3] * 4)
+    styles = {"mosaic": {"generate": "mosaic"}, "waves": {"generate": "waves"}}
+    curves = ("--train-dir", str(train), "--curves", str(tmp_path / "c.svg"))
+    proc = _report(run, tmp_path / "out", styles, *curves)
+    assert proc.returncode == 2
+    assert str(train / "mosaic" / "curves.csv") in proc.stderr and "stylepipe train" in proc.stderr
+    assert not (tmp_path / "c.svg").exists() and not (tmp_path / "out" / "metrics.json").exists()
+
+    (train / "mosaic").mkdir()
+    (train / "mosaic" / "curves.csv").write_text("")
+    proc = _report(run, tmp_path / "out", styles, *curves)
+    assert proc.returncode == 2 and "mosaic/curves.csv: not a curves CSV" in proc.stderr
+
+    proc = _report(run, tmp_path / "out", styles, "--curves", str(tmp_path / "c.svg"))
+    assert proc.returncode == 2 and "--curves needs --train-dir" in proc.stderr

@@ -178,11 +178,14 @@ def test_training_curves_have_the_contract_columns(run):
         assert len(lines) > 1
 
 
-def test_snakemake_report_shows_the_gallery(run, tmp_path):
+def test_snakemake_report_shows_the_gallery_and_curves(run, tmp_path):
     report = tmp_path / "report.html"
     sh(run, "snakemake", "--report", str(report))
     assert report.stat().st_size > 0
-    assert "gallery.png" in report.read_text(errors="replace")
+    text = report.read_text(errors="replace")
+    assert "gallery.png" in text and "curves.svg" in text
+    curves = (run / "results/curves.svg").read_text()
+    assert all(style in curves for style in STYLES) and "<polyline" in curves
 
 
 def test_dvc_commit_records_a_snakemake_run(run, tmp_path):

@@ -40,6 +40,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from stylepipe.charts import CHART_CSS, PALETTE, parse_curves, svg_chart
 from stylepipe.io import atomic_path
 
 WORKSPACE = "workspace"
@@ -55,8 +56,6 @@ EVAL_IMAGE = "data/eval/{image}.png"
 STYLIZED = "results/stylized/{style}/{image}.png"
 
 CURVE_COLUMNS = ("total_loss", "content_loss", "style_loss", "tv_loss")
-# One colour per revision, in order; colour-blind-safe (Okabe-Ito).
-PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#f0e442", "#000000")
 # Which way is better, for colouring deltas; metrics not listed are neutral.
 LOWER_IS_BETTER = ("loss", "wall_time")
 HIGHER_IS_BETTER = ("ssim", "images_per_s")
@@ -310,12 +309,6 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _parse_curves(data: bytes) -> pd.DataFrame:
-    """The curves as numbers; a loss that overflowed or became NaN stays in (inf, NaN) for the chart to mark."""
-    frame = pd.read_csv(io.BytesIO(data))
-    return frame.apply(pd.to_numeric, errors="coerce")
-
-
 def encode_image(data: bytes, max_size: int = DEFAULT_IMAGE_SIZE, fmt: str = DEFAULT_IMAGE_FORMAT,
                  quality: int = DEFAULT_IMAGE_QUALITY) -> bytes:
     """Decode (so a broken file fails here, not in the browser), shrink to ``max_size`` (long edge,
@@ -380,7 +373,7 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
             images = [posixpath.splitext(n)[0] for n in source.listdir(EVAL_DIR) if n.endswith(".png")]
 
         for style in styles:
-            curves = source.parse(CURVES.format(style=style), _parse_curves)
+            curves = source.parse(CURVES.format(style=style), parse_curves)
             if curves is not None:
                 rev.curves[style] = curves
         wanted = [(None, image) for image in images] + [(style, image) for style in styles for image in images]
@@ -690,139 +683,6 @@ def _direction(metric: str) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- SVG curves
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round values from ``lo`` to ``hi`` (finite bounds; none otherwise)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return []
-    if hi <= lo:
-        return [lo]
-    raw = hi / n - lo / n  # not (hi - lo) / n: that overflows for bounds near the float limit
-    if not raw > 0 or not math.isfinite(raw):
-        return [lo, hi]
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-@dataclass
-class _Line:
-    label: str
-    colour: str
-    segments: list[tuple[Any, Any]]  # (steps, values): the runs of finite values, drawn as lines
-    diverged: tuple[float, str] | None  # (step, "inf" / "-inf" / "NaN") of the first non-finite value
-
-
-def _line(label: str, colour: str, frame: pd.DataFrame, column: str, log: bool | None = None) -> _Line | None:
-    if column not in frame or "step" not in frame:
-        return None
-    data = frame[["step", column]].apply(pd.to_numeric, errors="coerce")
-    data = data[data["step"].map(lambda v: math.isfinite(v))]
-    steps, values = data["step"].to_numpy(float), data[column].to_numpy(float)
-    finite = [math.isfinite(v) for v in values]
-    diverged = None
-    for step, value, ok in zip(steps, values, finite):
-        if not ok:
-            diverged = (float(step), "NaN" if math.isnan(value) else f"{value}")
-            break
-    segments, start = [], None
-    for i, ok in enumerate([*finite, False]):
-        if ok and start is None:
-            start = i
-        elif not ok and start is not None:
-            segments.append((steps[start:i], values[start:i]))
-            start = None
-    if not segments and diverged is None:
-        return None
-    return _Line(label, colour, segments, diverged)
-
-
-def svg_chart(series: list[tuple[str, str, pd.DataFrame]], column: str, width: int = 380, height: int = 230) -> str:
-    """Line chart of ``column`` against ``step``: one line per (label, colour, frame).
-
-    Only finite values are drawn; where a run's loss overflows or turns NaN (a diverged run),
-    a dashed line in its colour marks the step, labelled "diverged at step N"."""
-    lines = [line for label, colour, frame in series if (line := _line(label, colour, frame, column))]
-    left, right, top, bottom = 62, 12, 26, 34
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(column)}">',
-           f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{html.escape(column)}</text>']
-    if not lines:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="note">no data</text></svg>')
-        return "\n".join(out)
-    xs = [x for line in lines for x, _ in line.segments] + [[line.diverged[0]] for line in lines if line.diverged]
-    ys = [y for line in lines for _, y in line.segments]
-    x_lo, x_hi = min(float(min(x)) for x in xs), max(float(max(x)) for x in xs)
-    y_lo = min((float(min(y)) for y in ys), default=0.0)
-    y_hi = max((float(max(y)) for y in ys), default=1.0)
-    log = y_lo > 0 and y_hi / y_lo > 100  # style losses span decades early in training
-    if log:
-        y_lo, y_hi = math.log10(y_lo), math.log10(y_hi)
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    if y_hi == y_lo:
-        pad = abs(y_hi) * 0.1 or 1.0
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def px(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
-
-    def py(y: float) -> float:
-        return top + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h
-
-    out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>')
-    for t in _ticks(x_lo, x_hi):
-        out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + plot_h}" class="grid"/>'
-                   f'<text x="{px(t):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{t:g}</text>')
-    if log:
-        decades = list(range(math.ceil(y_lo), math.floor(y_hi) + 1))
-        every = max(1, math.ceil(len(decades) / 6))  # a run that blew up spans tens of decades
-        y_ticks = [float(e) for e in decades[::every]] or [y_lo, y_hi]
-        y_text = [f"{10 ** t:.3g}" for t in y_ticks]
-    else:
-        y_ticks = _ticks(y_lo, y_hi)
-        y_text = [f"{t:.3g}" for t in y_ticks]
-    for t, text in zip(y_ticks, y_text):
-        out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" class="grid"/>'
-                   f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{text}</text>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" class="note">step'
-               f'{" (log y)" if log else ""}</text>')
-    for index, line in enumerate(lines):
-        # the baseline widest, so a later revision with the same curve does not hide it
-        width_px = max(1.2, 3.6 - 1.2 * index)
-        for x, y in line.segments:
-            if log:
-                keep = y > 0
-                x, y = x[keep], [math.log10(v) for v in y[keep]]
-            if not len(x):
-                continue
-            points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
-            out.append(f'<polyline points="{points}" fill="none" stroke="{line.colour}" stroke-width="{width_px:.1f}" '
-                       f'stroke-linejoin="round"><title>{html.escape(line.label)}</title></polyline>')
-            if len(x) == 1:
-                out.append(f'<circle cx="{px(x[0]):.1f}" cy="{py(y[0]):.1f}" r="3" fill="{line.colour}"/>')
-    marks = [line for line in lines if line.diverged]
-    for index, line in enumerate(marks):
-        step, value = line.diverged
-        x = px(step)
-        text = f"{line.label}: diverged at step {step:g} ({value})"
-        anchor = "end" if x > left + plot_w / 2 else "start"
-        out.append(f'<g class="diverged"><title>{html.escape(text)}</title>'
-                   f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="{line.colour}" '
-                   f'stroke-width="1.5" stroke-dasharray="4 3"/>'
-                   f'<text x="{x:.1f}" y="{top + 10:.1f}" text-anchor="middle" class="mark" '
-                   f'style="fill:{line.colour}">×</text>'
-                   f'<text x="{x + (-4 if anchor == "end" else 4):.1f}" y="{top + 24 + 13 * index:.1f}" '
-                   f'text-anchor="{anchor}" style="fill:{line.colour}">diverged at step {step:g} '
-                   f"({html.escape(value)})</text></g>")
-    out.append("</svg>")
-    return "\n".join(out)
-
-
 # --------------------------------------------------------------------------- HTML
 
 CSS = """
@@ -840,12 +700,9 @@ code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace} pre{background:#f6
 .cellmissing{width:160px;height:120px;display:flex;align-items:center;justify-content:center;
   background:repeating-linear-gradient(45deg,#fafafa,#fafafa 8px,#eee 8px,#eee 16px);color:#b3261e;font-size:12px;text-align:center}
 .charts{display:flex;flex-wrap:wrap;gap:8px}
-svg.chart{background:#fff;border:1px solid #eee} svg text{font:11px system-ui,sans-serif;fill:#444}
-svg .title{font-size:13px;font-weight:600;fill:#222} svg .note{fill:#777}
-svg .grid{stroke:#eee} svg .frame{fill:none;stroke:#bbb} svg .mark{font-size:16px;font-weight:700}
 table.images td{text-align:center} table.images img{width:IMAGE_WIDTHpx;height:auto;display:block;margin:auto}
 .muted{color:#777}
-""".replace("IMAGE_WIDTHpx", f"{IMAGE_WIDTH}px")
+""".replace("IMAGE_WIDTHpx", f"{IMAGE_WIDTH}px") + CHART_CSS
 
 
 def _rev_head(rev: Revision, colour: str) -> str:

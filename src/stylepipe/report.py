@@ -1,4 +1,4 @@
-"""Collect every style's metrics into one file and draw the gallery.
+"""Collect every style's metrics into one file; draw the gallery and the training curves.
 
 ``results/metrics.json`` maps style → metrics, the file ``dvc metrics diff``
 compares across commits. The gallery is one picture: a line naming each
@@ -12,6 +12,10 @@ The styles are the ones under ``styles`` in the params files, not whatever the
 folders hold: each style's files are read by name (``<metrics-dir>/STYLE.json``,
 ``<stylized-root>/STYLE/``, ``<style-images-dir>/STYLE.png``), so the files a
 removed style left behind stay out of the report.
+
+The curves picture (SVG, with ``--curves``) has one chart per loss (and the
+learning rate when a schedule moves it) against the optimizer step, one line
+per style, read from ``<train-dir>/STYLE/curves.csv``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import argparse
 import re
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from stylepipe.charts import PALETTE, parse_curves, svg_chart, svg_figure
 from stylepipe.config import load_params, style_names
 from stylepipe.io import atomic_path, read_json, write_json
 
@@ -33,6 +39,7 @@ LINE_HEIGHT = 19
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+CURVE_COLUMNS = ("total_loss", "content_loss", "style_loss", "tv_loss", "lr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of style images (data/styles): STYLE.png starts each style's row")
     parser.add_argument("--output", required=True, type=Path, help="all styles' metrics (JSON)")
     parser.add_argument("--gallery", required=True, type=Path, help="gallery image (PNG)")
+    parser.add_argument("--train-dir", type=Path,
+                        help="folder of training outputs (results/train): STYLE/curves.csv for each style")
+    parser.add_argument("--curves", type=Path, help="training curves of all styles (SVG); needs --train-dir")
 
 
 def collect_metrics(metrics_dir: Path, styles: list[str]) -> dict[str, dict]:
@@ -60,6 +70,39 @@ def collect_metrics(metrics_dir: Path, styles: list[str]) -> dict[str, dict]:
             raise FileNotFoundError(f"{path}: metrics file missing; run `stylepipe evaluate` for style {style}")
         metrics[style] = read_json(path)
     return metrics
+
+
+def read_curves(train_dir: Path, styles: list[str]) -> dict[str, pd.DataFrame]:
+    """``{style: curves}`` from ``train_dir/STYLE/curves.csv``, styles in name order."""
+    curves = {}
+    for style in sorted(styles):
+        path = train_dir / style / "curves.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: training curves missing; run `stylepipe train` for style {style} "
+                                    "with --curves")
+        try:
+            curves[style] = parse_curves(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+            raise ValueError(f"{path}: not a curves CSV ({err}); run `stylepipe train` for style {style} again") from err
+        if "step" not in curves[style]:
+            raise ValueError(f"{path}: no `step` column; run `stylepipe train` for style {style} again")
+    return curves
+
+
+def draw_curves(curves: dict[str, pd.DataFrame]) -> str:
+    """One chart per loss that is not zero throughout (and the learning rate when it changes), one
+    line per style; an SVG document."""
+    colours = {style: PALETTE[i % len(PALETTE)] for i, style in enumerate(curves)}
+    series = [(style, colours[style], frame) for style, frame in curves.items()]
+
+    def shown(column: str) -> bool:
+        values = [frame[column].dropna() for frame in curves.values() if column in frame]
+        if column == "lr":  # a constant learning rate says nothing a chart could show
+            return any(v.nunique() > 1 for v in values)
+        return any((v != 0).any() for v in values)
+
+    charts = [svg_chart(series, column, tapered=False) for column in CURVE_COLUMNS if shown(column)]
+    return svg_figure("Training curves (per optimizer step)", charts, [(s, c) for s, c in colours.items()])
 
 
 def gallery_size(rows: int, cols: int, header_lines: int = 1) -> tuple[int, int]:
@@ -163,9 +206,16 @@ def main(args: argparse.Namespace) -> int:
         for style, path in style_images.items():
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: style image missing; run `stylepipe fetch style` for {style}")
+    if args.curves is not None and args.train_dir is None:
+        raise ValueError("--curves needs --train-dir, the folder holding STYLE/curves.csv (results/train)")
+    curves = read_curves(args.train_dir, list(metrics)) if args.curves is not None else None
     gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics), style_images)
+    if curves is not None:
+        with atomic_path(args.curves) as tmp:
+            tmp.write_text(draw_curves(curves), encoding="utf-8")
     with atomic_path(args.gallery) as tmp:
         gallery.save(tmp, format="PNG")
     write_json(args.output, metrics)
-    print(f"{len(metrics)} styles → {args.output}, gallery {gallery.width}×{gallery.height} → {args.gallery}")
+    print(f"{len(metrics)} styles → {args.output}, gallery {gallery.width}×{gallery.height} → {args.gallery}"
+          + (f", curves → {args.curves}" if curves is not None else ""))
     return 0

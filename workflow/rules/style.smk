@@ -120,9 +120,11 @@ rule report:
         eval_images="data/eval",
         stylized=expand("results/stylized/{style}", style=sorted(STYLES)),
         style_images=expand("data/styles/{style}.png", style=sorted(STYLES)),
+        curves=expand("results/train/{style}/curves.csv", style=sorted(STYLES)),
     output:
         metrics=report("results/metrics.json", caption="../../report/metrics.rst", category="Metrics"),
         gallery=report("results/gallery.png", caption="../../report/gallery.rst", category="Gallery"),
+        curves=report("results/curves.svg", caption="../../report/curves.rst", category="Training curves"),
     log:
         "logs/report.log",
     params:
@@ -130,9 +132,11 @@ rule report:
         metrics_dir=lambda wildcards, input: os.path.dirname(input.metrics[0]),
         stylized_root=lambda wildcards, input: os.path.dirname(input.stylized[0]),
         style_images_dir=lambda wildcards, input: os.path.dirname(input.style_images[0]),
+        train_dir=lambda wildcards, input: os.path.dirname(os.path.dirname(input.curves[0])),
     shell:
         "stylepipe report --params {PARAMS_FILES:q} --metrics-dir {params.metrics_dir}"
         " --eval-images {input.eval_images} --stylized-root {params.stylized_root}"
         " --style-images-dir {params.style_images_dir}"
         " --output {output.metrics} --gallery {output.gallery}"
+        " --train-dir {params.train_dir} --curves {output.curves}"
         " > {log} 2>&1"
