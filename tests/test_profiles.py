@@ -118,3 +118,11 @@ def test_gpu_model_reaches_every_gpu_job_and_a_multi_gpu_run_asks_gres(checkout,
     assert train[style]["gres"] == "gpu:a100:4" and "gpu_model" not in train[style], train[style]
     assert all(job["resources"]["gpu_model"] == "a100" for job in listed if job["rule"] in ("stylize", "evaluate"))
     assert all("gpu_model" not in job["resources"] for job in listed if job["rule"].startswith("fetch"))
+
+
+def test_slurm_jobs_append_to_their_log_when_requeued(checkout):
+    # a requeued job keeps its job id and so its log file: without append the interrupted run's lines are lost
+    listed = jobs(dry_run(checkout, "--profile", "slurm"))
+    submitted = [job for job in listed if not job["rule"].startswith("fetch") and job["rule"] != "all"]
+    assert submitted and all("--open-mode=append" in job["resources"].get("slurm_extra", "") for job in submitted), \
+        submitted

@@ -1,8 +1,8 @@
 """`snakemake --profile slurm` on a real Slurm cluster, tiny offline params.
 
 One pipeline run is shared by the tests here. Besides the two tiny styles it
-trains `long` (more steps), which is requeued mid-training the way Slurm
-preempts a job, and `ddp`, trained by two processes (CPU + gloo) that Slurm
+trains `long` (more steps), which is sent SIGUSR1 and later requeued
+mid-training, and `ddp`, trained by two processes (CPU + gloo) that Slurm
 starts as two tasks. Start a cluster with `scripts/slurm-cluster.sh up`;
 without one these tests skip (and fail when CI=true).
 """
@@ -85,37 +85,64 @@ def reference_train(root: Path, out: Path) -> subprocess.Popen:
 
 @dataclass
 class Preemption:
-    """Requeues the `long` training job once it has written a checkpoint.
+    """Interrupts the `long` training twice, the two ways a cluster stops a job.
 
-    As soon as that job is queued (its inputs are complete), the uninterrupted
-    reference training starts beside the cluster run.
+    First `scancel --signal=USR1` (no --full: the signal goes to the job's
+    steps, as `sbatch --signal=USR1@<seconds>` sends it): the training saves
+    and fails, and Snakemake submits it once more (`retries: 1`). Then, once
+    that second job has written a checkpoint of its own, `scontrol requeue`,
+    the way Slurm preempts a job. As soon as the first job is queued (its
+    inputs are complete), the uninterrupted reference training starts beside
+    the cluster run.
     """
 
     root: Path
     env: dict
-    job_id: str | None = None
+    signalled: str | None = None  # the job sent SIGUSR1
+    job_id: str | None = None  # the job requeued
     checkpoints_then: list = field(default_factory=list)
     model_existed: bool = False
     reference: subprocess.Popen | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def long_jobs(self) -> list[tuple[str, str]]:
+        """(job id, state) of this run's `long` training jobs in squeue."""
+        queue = subprocess.run(["squeue", "-h", "-o", "%i|%T|%k|%Z"], env=self.env, capture_output=True,
+                               text=True, timeout=15).stdout
+        jobs = []
+        for line in queue.splitlines():
+            job, state, comment, workdir = line.split("|", 3)
+            if comment == "rule_train_wildcards_long" and Path(workdir).resolve() == self.root.resolve():
+                jobs.append((job, state))
+        return jobs
+
     def watch(self) -> None:
         scratch = self.root / "scratch/train/long"
         while not self.stop.is_set() and self.job_id is None:
-            queue = subprocess.run(["squeue", "-h", "-o", "%i|%T|%k|%Z"], env=self.env, capture_output=True,
-                                   text=True, timeout=15).stdout
-            for line in queue.splitlines():
-                job, state, comment, workdir = line.split("|", 3)
-                if comment != "rule_train_wildcards_long" or Path(workdir).resolve() != self.root.resolve():
-                    continue
+            for job, state in self.long_jobs():
                 if self.reference is None:
                     self.reference = reference_train(self.root, self.reference_dir)
-                if state == "RUNNING" and list(scratch.glob("step*.ckpt")):
+                if state != "RUNNING":
+                    continue
+                steps = list(scratch.glob("step*.ckpt"))
+                if self.signalled is None and steps:
                     self.checkpoints_then = sorted(p.name for p in scratch.glob("*.ckpt"))
                     self.model_existed = (self.root / "results/models/long.pth").exists()
+                    subprocess.run(["scancel", "--signal=USR1", job], env=self.env, check=True, timeout=15)
+                    self.signalled = job
+                elif self.signalled not in (None, job) and self.saved_since_signal(scratch):
                     subprocess.run(["scontrol", "requeue", job], env=self.env, check=True, timeout=15)
                     self.job_id = job
             time.sleep(0.2)
+
+    @staticmethod
+    def saved_since_signal(scratch: Path) -> bool:
+        """A step checkpoint newer than the one written on SIGUSR1: the second job is training."""
+        try:
+            stopped = (scratch / "preempted.ckpt").stat().st_mtime_ns
+            return any(p.stat().st_mtime_ns > stopped for p in scratch.glob("step*.ckpt"))
+        except FileNotFoundError:
+            return False
 
     @property
     def reference_dir(self) -> Path:
@@ -214,14 +241,24 @@ def test_models_are_byte_identical_to_a_local_run(slurm_run, tmp_path_factory):
 
 def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_run):
     preemption, root = slurm_run.preemption, slurm_run.root
-    assert preemption.job_id, "the `long` training job was never seen running with a checkpoint"
-    assert not preemption.model_existed, "requeued after training had finished: not mid-training"
+    assert preemption.signalled, "the `long` training job was never seen running with a checkpoint"
+    assert not preemption.model_existed, "signalled after training had finished: not mid-training"
     assert f"step{LONG_STEPS:07d}.ckpt" not in preemption.checkpoints_then, preemption.checkpoints_then
+    # SIGUSR1 reached the training (its own job step): it saved and failed, and Snakemake retried it
+    first = (root / f"logs/slurm/rule_train/long/{preemption.signalled}.log").read_text()
+    assert "exited with non-zero exit code" in first, first[-3000:]
+    assert preemption.job_id, "no second `long` job ran after SIGUSR1, or it never wrote a checkpoint"
     record = job_record(preemption.job_id, slurm_run.env)
     if record:  # Slurm forgets finished jobs after MinJobAge
         assert int(record["Restarts"]) >= 1, record
         assert record["JobState"] == "COMPLETED", record
-    assert "resuming from" in (root / "logs/train/long.log").read_text()
+    # the requeued job ran twice under one job id: its Slurm log holds both runs
+    requeued = (root / f"logs/slurm/rule_train/long/{preemption.job_id}.log").read_text()
+    assert requeued.count("Workflow ID") >= 4, requeued[:3000]  # Snakemake and the job's own, per run
+    log = (root / "logs/train/long.log").read_text()
+    assert "resuming from" in log, log[-3000:]
+    # started by srun as a job step of its own (Lightning warns when a Slurm job's training is not)
+    assert "is available on your system but is not used" not in log, log[-3000:]
 
     reference = preemption.reference_result(timeout=300)
     resumed = torch.load(root / "results/models/long.pth", weights_only=True)

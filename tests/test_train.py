@@ -275,6 +275,14 @@ def test_two_cpu_processes_ddp_resume_equals_uninterrupted(setup):
     train(ddp_root, "full")
     summary = yaml.safe_load((ddp_root / "full" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["images_seen"] == 6 * 2 * 2
+    # the curves hold the losses of the whole batch (both shares), as one process with its size computes them
+    one = variant(setup, "one-process-batch-4", batch_size=4, max_steps=6)
+    train(setup, "one-process-batch-4", one)
+    two, single = (np.genfromtxt(run / "curves.csv", delimiter=",", names=True)
+                   for run in (ddp_root / "full", setup / "one-process-batch-4"))
+    np.testing.assert_array_equal(two["step"], single["step"])
+    for name in ("content_loss", "style_loss", "total_loss"):
+        np.testing.assert_allclose(two[name], single[name], rtol=1e-4, err_msg=name)
     stopped = train_interrupted(ddp_root, "cut", signal.SIGTERM)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     train(ddp_root, "cut")

@@ -214,7 +214,11 @@ def _callbacks():
             # one row per optimizer step (under gradient accumulation, the micro-batch that completed it)
             if step == 0 or step % self.every or (self.rows and self.rows[-1]["step"] >= step):
                 return
-            row = {"step": step, **{k: float(outputs[k]) for k in LOSS_NAMES}}
+            losses = torch.stack([outputs[k].detach().float() for k in LOSS_NAMES])
+            if trainer.world_size > 1:
+                # each process saw its own share of the batch: the batch's losses are the mean over them
+                losses = trainer.strategy.reduce(losses, reduce_op="mean")
+            row = {"step": step, **dict(zip(LOSS_NAMES, losses.tolist()))}
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
             self.rows.append(row)
 

@@ -123,8 +123,14 @@ def train_layout(name):
 
     Lightning under Slurm wants ntasks-per-node == devices, each process
     started by `srun`; `train.devices` and `train.num_nodes` (overridable per
-    style) decide. For one process, and outside Slurm (where Lightning starts
-    its processes itself), the launcher (`mpi`) is empty.
+    style) decide. On Slurm the training runs as its own job step (`launcher`),
+    one process included: only then do signals sent to the job's steps
+    (`scancel --signal=USR1`, `sbatch --signal=USR1@300`) reach it, and it is
+    alone in its step. `mpi` tells the executor plugin that the command starts
+    its own step: present (empty for one process), the job's Snakemake runs it
+    without wrapping it in `srun -n1`; non-empty, the plugin asks for the tasks
+    of several processes. Outside Slurm (where Lightning starts its processes
+    itself) both are empty.
     """
 
     def value(wildcards):
@@ -135,7 +141,7 @@ def train_layout(name):
         gpu = resource("train", "gpu")(wildcards)
         model = gpu_model("train")(wildcards)
         layout = {"gpu": gpu, "gpu_model": model, "gres": None, "nodes": None, "tasks_per_node": None,
-                  "tasks": None, "tasks_per_gpu": None, "mpi": ""}
+                  "tasks": None, "tasks_per_gpu": None, "mpi": "", "launcher": ""}
         if multi:
             layout["nodes"] = nodes
             if per_node > 1:
@@ -148,9 +154,12 @@ def train_layout(name):
                 layout["gpu"], layout["gpu_model"] = None, None
                 layout["gres"] = f"gpu:{model}:{per_node}" if model else f"gpu:{per_node}"
                 layout["tasks_per_gpu"] = 1 if per_node == 1 else None
-            if on_slurm():
-                cpus = resource("train", "cpus_per_task")(wildcards)
-                layout["mpi"] = f"srun --nodes={nodes} --ntasks-per-node={per_node} --cpus-per-task={cpus}"
+        if on_slurm():
+            cpus = resource("train", "cpus_per_task")(wildcards)
+            # a job step sees all of the job's GPUs on its node: no GPU option needed here
+            layout["launcher"] = f"srun --nodes={nodes} --ntasks-per-node={per_node} --cpus-per-task={cpus}"
+            if multi:
+                layout["mpi"] = layout["launcher"]
         return layout[name]
 
     return value

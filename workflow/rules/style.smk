@@ -27,15 +27,17 @@ rule train:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
         cpus_per_task=resource("train", "cpus_per_task"),
-        # several processes (train.devices x train.num_nodes): Slurm tasks started by srun
+        # several processes (train.devices x train.num_nodes): Slurm tasks started by srun;
+        # on Slurm even one process is started by srun, as its own job step (common.smk, train_layout)
         gres=train_layout("gres"),
         nodes=train_layout("nodes"),
         tasks_per_node=train_layout("tasks_per_node"),
         tasks=train_layout("tasks"),
         tasks_per_gpu=train_layout("tasks_per_gpu"),
         mpi=train_layout("mpi"),
+        launcher=train_layout("launcher"),
     shell:
-        "{resources.mpi} stylepipe train --params {PARAMS_FILES:q} --style {wildcards.style} --data {input.data}"
+        "{resources.launcher} stylepipe train --params {PARAMS_FILES:q} --style {wildcards.style} --data {input.data}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
         " --summary {output.summary} --curves {output.curves} --scratch {params.scratch}"
