@@ -41,7 +41,9 @@ rule train:
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
         " --summary {output.summary} --curves {output.curves} --scratch {params.scratch}"
-        " > {log} 2>&1"
+        # appended: a training that was stopped and resumed (preemption, requeue, retry)
+        # keeps every attempt's lines, "interrupted ... at step N" and "resuming from" included
+        " >> {log} 2>&1"
 
 
 rule stylize:
