@@ -329,14 +329,24 @@ def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs
     assert_identical(full / "waves.pth", setup / "acc-cut" / "waves.pth")
 
 
-def test_early_stopped_run_started_again_stays_stopped(setup):
-    cmd = variant(setup, "early", max_steps=40, val_check_interval=1, early_stopping_patience=1, lr=0.5)
+def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
+    values = dict(max_steps=40, val_check_interval=1, early_stopping_patience=2, lr=0.5)
+    cmd = variant(setup, "early", **values)
     train(setup, "early", cmd)
     first = yaml.safe_load((setup / "early" / "summary.json").read_text())
     assert first["steps"] < 40  # stopped early (lr 0.5 makes the validation loss jump)
     again = train(setup, "early", cmd)
     assert "final.ckpt" in again.stderr
     assert yaml.safe_load((setup / "early" / "summary.json").read_text())["steps"] == first["steps"]
+
+    # SIGTERM at a step that validates: the preemption checkpoint follows the validation, so the
+    # resumed run does not skip it and early stopping decides as in the uninterrupted run
+    stopped = train_interrupted(setup, "early-cut", signal.SIGTERM, variant(setup, "early-cut", **values))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    train(setup, "early-cut", variant(setup, "early-cut", **values))
+    assert yaml.safe_load((setup / "early-cut" / "summary.json").read_text()) | {"wall_time_s": 0, "images_per_s": 0} \
+        == first | {"wall_time_s": 0, "images_per_s": 0}
+    assert_identical(setup / "early" / "waves.pth", setup / "early-cut" / "waves.pth")
 
 
 def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):

@@ -135,10 +135,16 @@ def _callbacks():
         replaces for the run: Lightning's SIGUSR1 handler under Slurm saves from
         inside the signal handler, mid-step, and requeues the job behind the
         workflow manager's back.
+
+        At a step that validates, it stops after the validation (and after
+        early stopping has seen it): a checkpoint written before it would be
+        resumed past it, since Lightning does not rerun a validation that was
+        due when the checkpoint was written.
         """
 
-        def __init__(self, path: Path):
+        def __init__(self, path: Path, val_every: int):
             self.path = path
+            self.val_every = val_every  # optimizer steps between validations
             self.signum: int | None = None
             self._previous: dict[int, Any] = {}
             self._step = 0
@@ -158,6 +164,15 @@ def _callbacks():
             if trainer.global_step == self._step:
                 return  # mid gradient accumulation: the summed gradients are not in a checkpoint
             self._step = trainer.global_step
+            if trainer.global_step % self.val_every:
+                self._stop_if_signalled(trainer)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self._stop_if_signalled(trainer)
+
+        def _stop_if_signalled(self, trainer) -> None:
+            if trainer.should_stop:
+                return  # early stopping just ended the run: it finishes (a checkpoint now would resume past that)
             flag = self.signum is not None
             if trainer.world_size > 1:
                 flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
@@ -278,9 +293,11 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
         save_top_k=1,
         save_last=True,
     )
-    callbacks = [*callbacks, checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar()]
+    early_stopping = []
     if tp["early_stopping_patience"]:
-        callbacks.append(EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"]))
+        early_stopping = [EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"])]
+    # early stopping first: it has seen a validation before a preemption checkpoint is written after it
+    callbacks = [*early_stopping, *callbacks, checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar()]
     return pl.Trainer(
         accelerator=accelerator,
         devices=tp["devices"],
@@ -381,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
 
     Preemption, Curves, Finished = _callbacks()
     # preempted.ckpt, not last.ckpt: that name is ModelCheckpoint's, which would version its own as last-v1
-    preemption, curves, finished = Preemption(args.scratch / "preempted.ckpt"), Curves(tp["log_every_n_steps"]), Finished()
+    preemption = Preemption(args.scratch / "preempted.ckpt", tp["val_check_interval"])
+    curves, finished = Curves(tp["log_every_n_steps"]), Finished()
     loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
     # curves first: a preempted step is recorded before the checkpoint is written
     trainer = build_trainer(tp, args.scratch, [curves, preemption, finished], loggers)
