@@ -207,7 +207,14 @@ def _callbacks():
             self.finished = bool(state.get("finished", False))
 
     class Curves(Callback):
-        """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves."""
+        """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves.
+
+        A row is an optimizer step: its losses are the means over the batches
+        that step accumulated, its ``lr`` the rate after the step (what
+        schedules reach at the last step). The same values go to TensorBoard,
+        at the same step numbers (optimizer steps done), as do the validation
+        losses: the plain file, the scalars and the image grid agree.
+        """
 
         def __init__(self, every: int):
             self.every = every
@@ -216,26 +223,34 @@ def _callbacks():
             self.images = 0  # training images seen, all processes
             self.wall_time = 0.0
             self._start = None
+            self._step = 0
+            self._window: list[dict[str, torch.Tensor]] = []  # the losses of the batches of the current step
 
         def on_train_start(self, trainer, pl_module) -> None:
             self._start = time.perf_counter()
+            self._step = trainer.global_step
 
         def elapsed(self) -> float:
             return self.wall_time + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.images += len(batch) * trainer.world_size
-            step = trainer.global_step
-            # one row per optimizer step (under gradient accumulation, the micro-batch that completed it)
-            if step == 0 or step % self.every or (self.rows and self.rows[-1]["step"] >= step):
+            self._window.append({k: outputs[k] for k in LOSS_NAMES})
+            if trainer.global_step == self._step:
+                return  # mid gradient accumulation
+            self._step = step = trainer.global_step
+            window, self._window = self._window, []
+            if step % self.every:
                 return
-            row = {"step": step, **{k: float(outputs[k]) for k in LOSS_NAMES}}
+            row = {"step": step, **{k: float(torch.stack([w[k] for w in window]).float().mean()) for k in LOSS_NAMES}}
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
             self.rows.append(row)
+            log_scalars(trainer, {**{f"train/{k}": row[k] for k in LOSS_NAMES}, "lr": row["lr"]}, step)
 
         def on_validation_end(self, trainer, pl_module) -> None:
             metrics = trainer.callback_metrics
             self.val = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("val/")}
+            log_scalars(trainer, {f"val/{k}": v for k, v in self.val.items()}, trainer.global_step)
 
         def state_dict(self) -> dict:
             return {"rows": self.rows, "val": self.val, "images": self.images, "wall_time": self.elapsed()}
@@ -247,6 +262,12 @@ def _callbacks():
             self.wall_time = float(state.get("wall_time", 0.0))
 
     return Preemption, Curves, Finished
+
+
+def log_scalars(trainer, metrics: dict[str, float], step: int) -> None:
+    """To every logger at ``step`` optimizer steps done (Lightning's own x-axis is one less: steps before the batch)."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
 
 
 def _atomic_checkpoint_io():
@@ -281,7 +302,7 @@ def write_curves(path: Path, rows: list[dict]) -> None:
 
 def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
     accelerator = tp["accelerator"]
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
@@ -297,7 +318,7 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
     if tp["early_stopping_patience"]:
         early_stopping = [EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"])]
     # early stopping first: it has seen a validation before a preemption checkpoint is written after it
-    callbacks = [*early_stopping, *callbacks, checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar()]
+    callbacks = [*early_stopping, *callbacks, checkpoint, TQDMProgressBar()]
     return pl.Trainer(
         accelerator=accelerator,
         devices=tp["devices"],
@@ -494,7 +515,8 @@ def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
     return {
         "style": style,
         "steps": steps,
-        "epochs": round(images_seen / max(1, len(datamodule.train_set)), 4),
+        # epochs trained: an epoch is the images it trains on (whole batches and accumulation windows)
+        "epochs": round(images_seen / max(1, len(datamodule.sampler) * world), 4),
         "images_seen": images_seen,
         "wall_time_s": round(wall, 3),
         "images_per_s": round(images_seen / wall, 3) if wall > 0 else None,
