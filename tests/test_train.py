@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +206,17 @@ def test_missing_loss_network_stops_with_fetch_command(setup, capsys):
     err = capsys.readouterr().err
     assert str(missing) in err and "stylepipe fetch loss-network" in err
     assert not (setup / "e").exists()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"max_steps": 0}, "train.max_steps is 0, which trains nothing"),
+    ({"max_steps": 5, "val_check_interval": 6, "early_stopping_patience": 2},
+     r"train.val_check_interval \(6\) exceeds train.max_steps \(5\): the run would never validate"),
+])
+def test_settings_that_would_do_nothing_are_refused_before_training(setup, capsys, values, message):
+    assert cli.main(variant(setup, "refused", **values)[1:]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (setup / "refused" / "scratch").exists()
 
 
 def test_sampler_order_depends_on_seed_and_epoch_only():

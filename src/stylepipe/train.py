@@ -374,9 +374,21 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_writable(folder, flag)
 
 
+def check_train_values(tp: dict) -> None:
+    """Refuse combinations the schema cannot see that would train nothing or ignore a setting."""
+    if tp["max_steps"] == 0:
+        raise ValueError("train.max_steps is 0, which trains nothing: give a number of optimizer steps, "
+                         "or -1 to run train.epochs epochs")
+    if tp["early_stopping_patience"] and 0 < tp["max_steps"] < tp["val_check_interval"]:
+        raise ValueError(f"train.early_stopping_patience is set but train.val_check_interval "
+                         f"({tp['val_check_interval']}) exceeds train.max_steps ({tp['max_steps']}): the run would "
+                         "never validate, so never stop early; lower val_check_interval or set the patience to null")
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tp = train_params(params, args.style)
+    check_train_values(tp)
     seed = int(params["seed"])
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
