@@ -461,6 +461,15 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
     assert fingerprint(tp | {"devices": 4, "num_workers": 9}, 42, 1, *files, data=setup / "content") == base
 
 
+def test_folder_input_reads_avif(tmp_path):
+    from stylepipe.datamodule import FolderImages
+
+    ramp = np.tile(np.linspace(0, 255, 32).round().astype(np.uint8), (32, 1))
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save(tmp_path / "photo.avif", quality=90)
+    images = FolderImages(tmp_path, 32)
+    assert len(images) == 1 and images[0].float().mean().item() == pytest.approx(127.5, abs=2)
+
+
 def test_folder_input_is_decoded_like_resize_and_unreadable_images_are_listed(tmp_path):
     from stylepipe.datamodule import FolderImages
 

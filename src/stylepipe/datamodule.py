@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from stylepipe.data.images import ImageError, load_rgb  # the one decoder: EXIF, 16-bit, alpha on white, clear errors
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# .avif: the pinned Pillow reads AVIF (its wheels bundle libavif: PIL.features.check("avif"))
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif"}
 
 
 def is_shard_dir(path: str | Path) -> bool:
