@@ -219,6 +219,15 @@ def test_settings_that_would_do_nothing_are_refused_before_training(setup, capsy
     assert not (setup / "refused" / "scratch").exists()
 
 
+@pytest.mark.parametrize("values", [{"strategy": "nonsense"}] + ([] if torch.backends.mps.is_available() else
+                                                                  [{"accelerator": "mps"}]))
+def test_hardware_values_lightning_refuses_are_a_params_error(setup, capsys, values):
+    assert cli.main(variant(setup, "hardware", **values)[1:]) == 2  # not a traceback
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stylepipe train: error:")]
+    (key, value), = values.items()
+    assert f"train.{key} = {value}" in line and line.endswith("override them under styles.<name>).")
+
+
 def test_sampler_order_depends_on_seed_and_epoch_only():
     a = ResumableSampler(10, batch_size=2, seed=5)
     b = ResumableSampler(10, batch_size=2, seed=5)

@@ -374,6 +374,21 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_writable(folder, flag)
 
 
+HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def trainer_from_params(tp: dict, scratch: Path, callbacks: list, loggers: list):
+    """``build_trainer``, with Lightning's refusal of the hardware values as a params error naming them."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return build_trainer(tp, scratch, callbacks, loggers)
+    except (MisconfigurationException, ValueError) as err:
+        given = ", ".join(f"train.{k} = {tp[k]}" for k in HARDWARE_KEYS)
+        raise ValueError(f"Lightning refused {given}: {' '.join(str(err).split())} "
+                         "Change them in the params (a style may override them under styles.<name>).") from err
+
+
 def check_train_values(tp: dict) -> None:
     """Refuse combinations the schema cannot see that would train nothing or ignore a setting."""
     if tp["max_steps"] == 0:
@@ -435,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
     curves, finished = Curves(tp["log_every_n_steps"]), Finished()
     loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
     # curves first: a preempted step is recorded before the checkpoint is written
-    trainer = build_trainer(tp, args.scratch, [curves, preemption, finished], loggers)
+    trainer = trainer_from_params(tp, args.scratch, [curves, preemption, finished], loggers)
 
     module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network, data=args.data)
     resume, others = find_checkpoints(args.scratch, fp)
