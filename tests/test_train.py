@@ -377,6 +377,23 @@ def test_lr_schedule_and_validation_count_whole_accumulated_steps(setup):
     assert [s for s, _ in logged["val/total_loss"]] == [s for s, _ in logged["val/stylized"]] == [1, 2]
 
 
+def test_the_curves_end_with_the_last_step(setup):
+    # every 2 steps and the last: the summary's train losses are those of step 3, not step 2
+    cmd = variant(setup, "odd", max_steps=3, log_every_n_steps=2, val_check_interval=2, checkpoint_every_n_steps=1)
+    train(setup, "odd", cmd)
+    curves = (setup / "odd" / "curves.csv").read_text()
+    rows = list(csv.DictReader(curves.splitlines()))
+    assert [int(r["step"]) for r in rows] == [2, 3]
+    summary = yaml.safe_load((setup / "odd" / "summary.json").read_text())
+    assert summary["train_losses"]["total_loss"] == pytest.approx(float(rows[-1]["total_loss"]), rel=1e-6)
+    assert [s for s, _ in tensorboard(setup / "odd")["train/total_loss"]] == [2, 3]
+    # killed after the last step's checkpoint, before the final one: the resumed run still has the row
+    (setup / "odd" / "scratch" / "final.ckpt").unlink()
+    resumed = train(setup, "odd", cmd).stderr
+    assert "resuming from" in resumed and "final.ckpt" not in resumed  # from last.ckpt or step0000003.ckpt
+    assert (setup / "odd" / "curves.csv").read_text() == curves
+
+
 def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
     # a real fit: 3 batches a step; each row's losses are the means of its step's 3 batches
     import pytorch_lightning as pl

@@ -209,9 +209,10 @@ def _callbacks():
     class Curves(Callback):
         """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves.
 
-        A row is an optimizer step: its losses are the means over the batches
-        that step accumulated, its ``lr`` the rate after the step (what
-        schedules reach at the last step). The same values go to TensorBoard,
+        A row every ``every`` optimizer steps, and one for the last step (as
+        Lightning logs when a run stops), so the summary's losses are final.
+        Its losses are the means over the batches that step accumulated, its
+        ``lr`` the rate after the step (what schedules reach at the last step). The same values go to TensorBoard,
         at the same step numbers (optimizer steps done), as do the validation
         losses: the plain file, the scalars and the image grid agree.
         """
@@ -225,6 +226,7 @@ def _callbacks():
             self._start = None
             self._step = 0
             self._window: list[dict[str, torch.Tensor]] = []  # the losses of the batches of the current step
+            self._pending: dict | None = None  # the last step's row when it was not written (tensors until needed)
 
         def on_train_start(self, trainer, pl_module) -> None:
             self._start = time.perf_counter()
@@ -240,12 +242,30 @@ def _callbacks():
                 return  # mid gradient accumulation
             self._step = step = trainer.global_step
             window, self._window = self._window, []
+            # means as tensors: no device sync on steps without a row
+            row = {"step": step, **{k: torch.stack([w[k] for w in window]).float().mean() for k in LOSS_NAMES},
+                   "lr": float(trainer.optimizers[0].param_groups[0]["lr"])}
+            self._pending = None
             if step % self.every:
-                return
-            row = {"step": step, **{k: float(torch.stack([w[k] for w in window]).float().mean()) for k in LOSS_NAMES}}
-            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+                self._pending = row
+            else:
+                self._add_row(trainer, row)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.finish(trainer)
+
+        def finish(self, trainer, log: bool = True) -> None:
+            """Add the last step's row if it has none. Also called after a fit that resumed at its last
+            step (Lightning then skips the training hooks; TensorBoard has closed: the file gets the row)."""
+            if self._pending is not None and self._pending["step"] == trainer.global_step:
+                self._add_row(trainer, self._pending, log)
+            self._pending = None
+
+        def _add_row(self, trainer, row: dict, log: bool = True) -> None:
+            row = {k: (v if k == "step" else float(v)) for k, v in row.items()}
             self.rows.append(row)
-            log_scalars(trainer, {**{f"train/{k}": row[k] for k in LOSS_NAMES}, "lr": row["lr"]}, step)
+            if log:
+                log_scalars(trainer, {**{f"train/{k}": row[k] for k in LOSS_NAMES}, "lr": row["lr"]}, row["step"])
 
         def on_validation_end(self, trainer, pl_module) -> None:
             metrics = trainer.callback_metrics
@@ -253,13 +273,16 @@ def _callbacks():
             log_scalars(trainer, {f"val/{k}": v for k, v in self.val.items()}, trainer.global_step)
 
         def state_dict(self) -> dict:
-            return {"rows": self.rows, "val": self.val, "images": self.images, "wall_time": self.elapsed()}
+            pending = self._pending and {k: v if k == "step" else float(v) for k, v in self._pending.items()}
+            return {"rows": self.rows, "val": self.val, "images": self.images, "wall_time": self.elapsed(),
+                    "pending": pending}
 
         def load_state_dict(self, state: dict) -> None:
             self.rows = list(state.get("rows", []))
             self.val = dict(state.get("val", {}))
             self.images = int(state.get("images", 0))
             self.wall_time = float(state.get("wall_time", 0.0))
+            self._pending = state.get("pending")
 
     return Preemption, Curves, Finished
 
@@ -474,6 +497,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     final = args.scratch / "final.ckpt"
+    curves.finish(trainer, log=False)
     finished.finished = True
     trainer.save_checkpoint(final)
     if not trainer.is_global_zero:
