@@ -485,6 +485,14 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
     assert fingerprint(tp | {"epochs": 7}, 42, 1, *files, data=setup / "content") == base
     assert fingerprint(tp | {"lr": 0.1}, 42, 1, *files, data=setup / "content") != base
     assert fingerprint(tp | {"devices": 4, "num_workers": 9}, 42, 1, *files, data=setup / "content") == base
+    # which images train, and when early stopping ends the run, are what a run computes
+    assert fingerprint(tp | {"val_images": 3}, 42, 1, *files, data=setup / "content") != base
+    assert fingerprint(tp | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content") == base
+    stopping = tp | {"early_stopping_patience": 2}
+    patient = fingerprint(stopping, 42, 1, *files, data=setup / "content")
+    assert patient != base and patient != fingerprint(stopping | {"early_stopping_patience": 3}, 42, 1, *files,
+                                                      data=setup / "content")
+    assert patient != fingerprint(stopping | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content")
 
 
 def test_folder_input_reads_avif(tmp_path):

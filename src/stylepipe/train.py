@@ -32,9 +32,11 @@ from stylepipe.io import atomic_path, check_writable, write_json
 
 CURVE_COLUMNS = ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
 LOSS_NAMES = CURVE_COLUMNS[1:5]
-# training values that change how a run is carried out, not what it computes
+# training values that change how a run is carried out, not what it computes (val_images is not one:
+# it decides which images train; early stopping and, with it, val_check_interval decide when the run ends)
 OPERATIONAL_KEYS = {"num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "val_check_interval",
-                    "val_images", "early_stopping_patience", "devices", "num_nodes", "strategy", "accelerator"}
+                    "early_stopping_patience", "devices", "num_nodes", "strategy", "accelerator"}
+STOPPING_KEYS = ("early_stopping_patience", "val_check_interval")
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -66,6 +68,8 @@ def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path) 
     devices and nodes does not.
     """
     values = {k: v for k, v in tp.items() if k not in OPERATIONAL_KEYS}
+    if tp["early_stopping_patience"]:
+        values |= {k: tp[k] for k in STOPPING_KEYS}  # when the run stops
     if tp["max_steps"] > 0:
         del values["epochs"]  # max_steps bounds the run alone
     h = hashlib.sha256()
