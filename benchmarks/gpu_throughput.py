@@ -188,8 +188,8 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
         clock = Clock()
         scratch = Path(tmp) / "scratch"
         logger = TensorBoardLogger(save_dir=scratch, name="", version="tensorboard", default_hp_metric=False)
-        trainer = build_trainer(tp, scratch, [Curves(tp["log_every_n_steps"]), Preemption(scratch / "preempted.ckpt"), clock],
-                                [logger])
+        preemption = Preemption(scratch / "preempted.ckpt", tp["val_check_interval"])
+        trainer = build_trainer(tp, scratch, [Curves(tp["log_every_n_steps"]), preemption, clock], [logger])
         trainer.fit(module, datamodule=datamodule)
         rate = (clock.end_step - warmup) * batch_size / clock.seconds
     torch.use_deterministic_algorithms(False)

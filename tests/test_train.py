@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +95,21 @@ def train_interrupted(root: Path, run: str, signum: int, cmd: list[str] | None =
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def tensorboard(run: Path) -> dict[str, list[tuple[int, float | None]]]:
+    """(step, value) of every TensorBoard scalar and image tag a run logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged: dict[str, list] = {}
+    for path in sorted((run / "scratch" / "tensorboard").glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            logged.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+        for tag in events.Tags()["images"]:
+            logged.setdefault(tag, []).extend((e.step, None) for e in events.Images(tag))
+    return logged
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -141,7 +157,14 @@ def test_outputs(uninterrupted):
     assert list(rows[0]) == ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
     assert [int(r["step"]) for r in rows] == list(range(2, MAX_STEPS + 1, 2))
     assert all(float(r["total_loss"]) > 0 and float(r["lr"]) == 1e-3 for r in rows)
-    assert list((out / "scratch" / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard: the curves' values at the curves' steps; validation after steps 3 and 6, scalars and grid alike
+    logged = tensorboard(out)
+    for name in ("content_loss", "style_loss", "total_loss", "lr"):
+        tag = "lr" if name == "lr" else f"train/{name}"
+        assert [s for s, _ in logged[tag]] == [int(r["step"]) for r in rows]
+        assert [v for _, v in logged[tag]] == pytest.approx([float(r[name]) for r in rows], rel=1e-6)
+    assert [s for s, _ in logged["val/total_loss"]] == [s for s, _ in logged["val/stylized"]] == [3, 6]
+    assert logged["val/total_loss"][-1][1] == pytest.approx(summary["val_losses"]["total_loss"], rel=1e-6)
 
 
 def test_same_seed_same_weights(setup, uninterrupted):
@@ -185,6 +208,26 @@ def test_missing_loss_network_stops_with_fetch_command(setup, capsys):
     assert not (setup / "e").exists()
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"max_steps": 0}, "train.max_steps is 0, which trains nothing"),
+    ({"max_steps": 5, "val_check_interval": 6, "early_stopping_patience": 2},
+     r"train.val_check_interval \(6\) exceeds train.max_steps \(5\): the run would never validate"),
+])
+def test_settings_that_would_do_nothing_are_refused_before_training(setup, capsys, values, message):
+    assert cli.main(variant(setup, "refused", **values)[1:]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (setup / "refused" / "scratch").exists()
+
+
+@pytest.mark.parametrize("values", [{"strategy": "nonsense"}] + ([] if torch.backends.mps.is_available() else
+                                                                  [{"accelerator": "mps"}]))
+def test_hardware_values_lightning_refuses_are_a_params_error(setup, capsys, values):
+    assert cli.main(variant(setup, "hardware", **values)[1:]) == 2  # not a traceback
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stylepipe train: error:")]
+    (key, value), = values.items()
+    assert f"train.{key} = {value}" in line and line.endswith("override them under styles.<name>).")
+
+
 def test_sampler_order_depends_on_seed_and_epoch_only():
     a = ResumableSampler(10, batch_size=2, seed=5)
     b = ResumableSampler(10, batch_size=2, seed=5)
@@ -207,10 +250,30 @@ def test_sampler_resumes_mid_epoch_and_after_last_batch():
     assert at_end.state_dict() == {"epoch": 4, "consumed": 0}
 
 
+def test_sampler_epoch_is_whole_accumulation_windows():
+    sampler = ResumableSampler(9, batch_size=2, seed=0, accumulate=3)  # 4 whole batches: one window of 3
+    assert sampler.num_batches == 3 and len(sampler) == len(list(sampler)) == 6
+    sampler.load_state_dict({"epoch": 0, "consumed": 3})  # saved after the epoch's last step
+    assert sampler.state_dict() == {"epoch": 1, "consumed": 0}
+
+
+def test_too_few_training_images_name_the_params_keys(setup):
+    import pytorch_lightning as pl
+
+    from stylepipe.datamodule import ContentDataModule
+
+    with pytest.raises(ValueError, match=r"train.val_images = 10 .* 2 × 1 × 1 = 2 training images: add images"):
+        ContentDataModule(setup / "content", 16, batch_size=2, val_images=10, seed=0).setup("fit")
+    dm = ContentDataModule(setup / "content", 16, batch_size=2, val_images=2, seed=0)
+    dm.trainer = pl.Trainer(accelerator="cpu", accumulate_grad_batches=5, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"train.batch_size × train.accumulate_grad_batches × processes = 2 × 5 × 1"):
+        dm.setup("fit")
+
+
 def test_sampler_splits_between_processes():
     ranks = [ResumableSampler(11, batch_size=2, seed=0, rank=r, world_size=2) for r in range(2)]
     parts = [list(r) for r in ranks]
-    assert len(parts[0]) == len(parts[1]) == 5
+    assert len(parts[0]) == len(parts[1]) == 4  # 5 each, in whole batches of 2
     assert not set(parts[0]) & set(parts[1])
 
 
@@ -306,18 +369,66 @@ def test_compiled_training_follows_the_eager_run(setup, uninterrupted):
     assert weights(setup / "compiled" / "waves.pth").keys() == weights(uninterrupted / "waves.pth").keys()
 
 
-def test_lr_schedule_spans_the_whole_run_with_accumulation(setup):
-    # 8 training images, batch 2, 3 batches per optimizer step: 2 steps an epoch (the last one
-    # partial), 4 in 2 epochs; the cosine schedule must reach 0 at step 4, not turn back up
+def test_lr_schedule_and_validation_count_whole_accumulated_steps(setup):
+    # 8 training images, batch 2, 3 batches per optimizer step: an epoch is one step of 3 batches (the
+    # 4th batch cannot fill a step and is dropped), so 2 steps in 2 epochs; the cosine schedule reaches 0
+    # at step 2, and validating every step validates after steps 1 and 2, not every 3 batches
     cmd = variant(setup, "sched", max_steps=-1, epochs=2, accumulate_grad_batches=3, lr_schedule="cosine",
-                  log_every_n_steps=1, val_check_interval=100)
+                  log_every_n_steps=1, val_check_interval=1)
     train(setup, "sched", cmd)
     rows = list(csv.DictReader((setup / "sched" / "curves.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    lrs = [float(r["lr"]) for r in rows]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(0, abs=1e-12)
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([5e-4, 0], abs=1e-12)
     summary = yaml.safe_load((setup / "sched" / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["images_seen"] == 16 and summary["epochs"] == 2.0
+    assert summary["steps"] == 2 and summary["images_seen"] == 12 and summary["epochs"] == 2.0
+    logged = tensorboard(setup / "sched")
+    assert [s for s, _ in logged["val/total_loss"]] == [s for s, _ in logged["val/stylized"]] == [1, 2]
+
+
+def test_the_curves_end_with_the_last_step(setup):
+    # every 2 steps and the last: the summary's train losses are those of step 3, not step 2
+    cmd = variant(setup, "odd", max_steps=3, log_every_n_steps=2, val_check_interval=2, checkpoint_every_n_steps=1)
+    train(setup, "odd", cmd)
+    curves = (setup / "odd" / "curves.csv").read_text()
+    rows = list(csv.DictReader(curves.splitlines()))
+    assert [int(r["step"]) for r in rows] == [2, 3]
+    summary = yaml.safe_load((setup / "odd" / "summary.json").read_text())
+    assert summary["train_losses"]["total_loss"] == pytest.approx(float(rows[-1]["total_loss"]), rel=1e-6)
+    assert [s for s, _ in tensorboard(setup / "odd")["train/total_loss"]] == [2, 3]
+    # killed after the last step's checkpoint, before the final one: the resumed run still has the row
+    (setup / "odd" / "scratch" / "final.ckpt").unlink()
+    resumed = train(setup, "odd", cmd).stderr
+    assert "resuming from" in resumed and "final.ckpt" not in resumed  # from last.ckpt or step0000003.ckpt
+    assert (setup / "odd" / "curves.csv").read_text() == curves
+
+
+def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
+    # a real fit: 3 batches a step; each row's losses are the means of its step's 3 batches
+    import pytorch_lightning as pl
+
+    from stylepipe.datamodule import ContentDataModule
+    from stylepipe.module import StyleTransferModule, load_style_image
+    from stylepipe.train import LOSS_NAMES, _callbacks
+
+    class Batches(pl.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append({k: float(outputs[k]) for k in LOSS_NAMES})
+
+    _, Curves, _ = _callbacks()
+    curves, batches = Curves(every=1), Batches()
+    vgg = {k[len("features."):]: v for k, v in random_state_dict(0).items()}
+    module = StyleTransferModule(load_style_image(setup / "style.png", 32), vgg)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=3, callbacks=[curves, batches],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, use_distributed_sampler=False)
+    trainer.fit(module, datamodule=ContentDataModule(setup / "content", 16, batch_size=2, val_images=2, seed=0))
+    assert [row["step"] for row in curves.rows] == [1, 2] and len(batches.losses) == 6
+    for row, start in zip(curves.rows, (0, 3)):
+        for name in LOSS_NAMES[:2]:
+            assert row[name] == pytest.approx(np.mean([b[name] for b in batches.losses[start:start + 3]]), rel=1e-6)
 
 
 def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs(setup):
@@ -337,14 +448,24 @@ def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs
     assert_identical(full / "waves.pth", setup / "acc-cut" / "waves.pth")
 
 
-def test_early_stopped_run_started_again_stays_stopped(setup):
-    cmd = variant(setup, "early", max_steps=40, val_check_interval=1, early_stopping_patience=1, lr=0.5)
+def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
+    values = dict(max_steps=40, val_check_interval=1, early_stopping_patience=2, lr=0.5)
+    cmd = variant(setup, "early", **values)
     train(setup, "early", cmd)
     first = yaml.safe_load((setup / "early" / "summary.json").read_text())
     assert first["steps"] < 40  # stopped early (lr 0.5 makes the validation loss jump)
     again = train(setup, "early", cmd)
     assert "final.ckpt" in again.stderr
     assert yaml.safe_load((setup / "early" / "summary.json").read_text())["steps"] == first["steps"]
+
+    # SIGTERM at a step that validates: the preemption checkpoint follows the validation, so the
+    # resumed run does not skip it and early stopping decides as in the uninterrupted run
+    stopped = train_interrupted(setup, "early-cut", signal.SIGTERM, variant(setup, "early-cut", **values))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    train(setup, "early-cut", variant(setup, "early-cut", **values))
+    assert yaml.safe_load((setup / "early-cut" / "summary.json").read_text()) | {"wall_time_s": 0, "images_per_s": 0} \
+        == first | {"wall_time_s": 0, "images_per_s": 0}
+    assert_identical(setup / "early" / "waves.pth", setup / "early-cut" / "waves.pth")
 
 
 def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):
@@ -372,6 +493,23 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
     assert fingerprint(tp | {"epochs": 7}, 42, 1, *files, data=setup / "content") == base
     assert fingerprint(tp | {"lr": 0.1}, 42, 1, *files, data=setup / "content") != base
     assert fingerprint(tp | {"devices": 4, "num_workers": 9}, 42, 1, *files, data=setup / "content") == base
+    # which images train, and when early stopping ends the run, are what a run computes
+    assert fingerprint(tp | {"val_images": 3}, 42, 1, *files, data=setup / "content") != base
+    assert fingerprint(tp | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content") == base
+    stopping = tp | {"early_stopping_patience": 2}
+    patient = fingerprint(stopping, 42, 1, *files, data=setup / "content")
+    assert patient != base and patient != fingerprint(stopping | {"early_stopping_patience": 3}, 42, 1, *files,
+                                                      data=setup / "content")
+    assert patient != fingerprint(stopping | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content")
+
+
+def test_folder_input_reads_avif(tmp_path):
+    from stylepipe.datamodule import FolderImages
+
+    ramp = np.tile(np.linspace(0, 255, 32).round().astype(np.uint8), (32, 1))
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save(tmp_path / "photo.avif", quality=90)
+    images = FolderImages(tmp_path, 32)
+    assert len(images) == 1 and images[0].float().mean().item() == pytest.approx(127.5, abs=2)
 
 
 def test_folder_input_is_decoded_like_resize_and_unreadable_images_are_listed(tmp_path):

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from stylepipe.data.images import ImageError, load_rgb  # the one decoder: EXIF, 16-bit, alpha on white, clear errors
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# .avif: the pinned Pillow reads AVIF (its wheels bundle libavif: PIL.features.check("avif"))
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif"}
 
 
 def is_shard_dir(path: str | Path) -> bool:
@@ -120,24 +121,30 @@ class ResumableSampler(Sampler[int]):
 
     With several processes each rank takes every ``world_size``-th index of
     the same permutation (the tail that does not divide evenly is dropped, so
-    all ranks run the same number of batches). ``consumed`` counts the batches
-    of the current epoch that training has started; ``load_state_dict`` makes
-    the next iterator skip them.
+    all ranks run the same number of batches). An epoch is whole optimizer
+    steps: with gradient accumulation the batches that would not fill a last
+    window of ``accumulate`` batches are dropped too, like the last partial
+    batch, so that every step sums the same number of images and steps count
+    ``accumulate`` batches across epochs (what ``val_check_interval`` relies on).
+    ``consumed`` counts the batches of the current epoch that training has
+    started; ``load_state_dict`` makes the next iterator skip them.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 accumulate: int = 1):
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.accumulate = rank, world_size, accumulate
         self.per_rank = size // world_size
         self.epoch = 0
         self.consumed = 0
 
     @property
     def num_batches(self) -> int:
-        return self.per_rank // self.batch_size  # the DataLoader drops the last partial batch
+        """Batches an epoch trains on: whole batches, in whole accumulation windows."""
+        return self.per_rank // self.batch_size // self.accumulate * self.accumulate
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.num_batches * self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         # Lightning calls this at every epoch start, also right after a restore
@@ -153,7 +160,7 @@ class ResumableSampler(Sampler[int]):
         return indices[: self.per_rank * self.world_size][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch)[self.consumed * self.batch_size :])
+        return iter(self.order(self.epoch)[self.consumed * self.batch_size : len(self)])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed}
@@ -191,14 +198,19 @@ class ContentDataModule(pl.LightningDataModule):
         n = len(images)
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        if n - self.val_images < self.batch_size * world:
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        step_images = self.batch_size * accumulate * world
+        if self.val_images >= n or (n - self.val_images) // world // self.batch_size < accumulate:
             raise ValueError(
-                f"{self.data}: {n} images, of which val_images={self.val_images} are held out for validation; "
-                f"at least batch_size × processes = {self.batch_size * world} must remain for training"
+                f"{self.data}: {n} images, of which train.val_images = {self.val_images} are held out for validation; "
+                f"one optimizer step needs train.batch_size × train.accumulate_grad_batches × processes = "
+                f"{self.batch_size} × {accumulate} × {world} = {step_images} training images: "
+                "add images or lower these values"
             )
         self.train_set = Subset(images, range(n - self.val_images))
         self.val_set = Subset(images, range(n - self.val_images, n))
-        self.sampler = ResumableSampler(len(self.train_set), self.batch_size, self.seed, self.shuffle, rank, world)
+        self.sampler = ResumableSampler(len(self.train_set), self.batch_size, self.seed, self.shuffle, rank, world,
+                                        accumulate)
         if self._pending_state is not None:
             self.sampler.load_state_dict(self._pending_state)
             self._pending_state = None

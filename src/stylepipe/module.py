@@ -148,14 +148,16 @@ class StyleTransferModule(pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         losses, _ = self.losses(self._prepare(batch))
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch.shape[0])
+        # kept in callback_metrics; the curves callback logs them, one value per optimizer step
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch.shape[0], logger=False)
         # the detached parts go to callbacks (curves) without a device sync here
         return {"loss": losses["total_loss"], **{k: v.detach() for k, v in losses.items()}}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         images = self._prepare(batch)
         losses, stylized = self.losses(images)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch.shape[0], sync_dist=True)
+        # logged by the curves callback at the step they belong to
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch.shape[0], sync_dist=True, logger=False)
         if batch_idx == 0:
             self._log_grid(images, stylized)
 

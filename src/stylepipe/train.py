@@ -32,9 +32,11 @@ from stylepipe.io import atomic_path, check_writable, write_json
 
 CURVE_COLUMNS = ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
 LOSS_NAMES = CURVE_COLUMNS[1:5]
-# training values that change how a run is carried out, not what it computes
+# training values that change how a run is carried out, not what it computes (val_images is not one:
+# it decides which images train; early stopping and, with it, val_check_interval decide when the run ends)
 OPERATIONAL_KEYS = {"num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "val_check_interval",
-                    "val_images", "early_stopping_patience", "devices", "num_nodes", "strategy", "accelerator"}
+                    "early_stopping_patience", "devices", "num_nodes", "strategy", "accelerator"}
+STOPPING_KEYS = ("early_stopping_patience", "val_check_interval")
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -66,6 +68,8 @@ def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path) 
     devices and nodes does not.
     """
     values = {k: v for k, v in tp.items() if k not in OPERATIONAL_KEYS}
+    if tp["early_stopping_patience"]:
+        values |= {k: tp[k] for k in STOPPING_KEYS}  # when the run stops
     if tp["max_steps"] > 0:
         del values["epochs"]  # max_steps bounds the run alone
     h = hashlib.sha256()
@@ -135,10 +139,16 @@ def _callbacks():
         replaces for the run: Lightning's SIGUSR1 handler under Slurm saves from
         inside the signal handler, mid-step, and requeues the job behind the
         workflow manager's back.
+
+        At a step that validates, it stops after the validation (and after
+        early stopping has seen it): a checkpoint written before it would be
+        resumed past it, since Lightning does not rerun a validation that was
+        due when the checkpoint was written.
         """
 
-        def __init__(self, path: Path):
+        def __init__(self, path: Path, val_every: int):
             self.path = path
+            self.val_every = val_every  # optimizer steps between validations
             self.signum: int | None = None
             self._previous: dict[int, Any] = {}
             self._step = 0
@@ -158,6 +168,15 @@ def _callbacks():
             if trainer.global_step == self._step:
                 return  # mid gradient accumulation: the summed gradients are not in a checkpoint
             self._step = trainer.global_step
+            if trainer.global_step % self.val_every:
+                self._stop_if_signalled(trainer)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self._stop_if_signalled(trainer)
+
+        def _stop_if_signalled(self, trainer) -> None:
+            if trainer.should_stop:
+                return  # early stopping just ended the run: it finishes (a checkpoint now would resume past that)
             flag = self.signum is not None
             if trainer.world_size > 1:
                 flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
@@ -192,7 +211,15 @@ def _callbacks():
             self.finished = bool(state.get("finished", False))
 
     class Curves(Callback):
-        """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves."""
+        """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves.
+
+        A row every ``every`` optimizer steps, and one for the last step (as
+        Lightning logs when a run stops), so the summary's losses are final.
+        Its losses are the means over the batches that step accumulated, its
+        ``lr`` the rate after the step (what schedules reach at the last step). The same values go to TensorBoard,
+        at the same step numbers (optimizer steps done), as do the validation
+        losses: the plain file, the scalars and the image grid agree.
+        """
 
         def __init__(self, every: int):
             self.every = every
@@ -201,41 +228,78 @@ def _callbacks():
             self.images = 0  # training images seen, all processes
             self.wall_time = 0.0
             self._start = None
+            self._step = 0
+            self._window: list[dict[str, torch.Tensor]] = []  # the losses of the batches of the current step
+            self._pending: dict | None = None  # the last step's row when it was not written (tensors until needed)
 
         def on_train_start(self, trainer, pl_module) -> None:
             self._start = time.perf_counter()
+            self._step = trainer.global_step
 
         def elapsed(self) -> float:
             return self.wall_time + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.images += len(batch) * trainer.world_size
-            step = trainer.global_step
-            # one row per optimizer step (under gradient accumulation, the micro-batch that completed it)
-            if step == 0 or step % self.every or (self.rows and self.rows[-1]["step"] >= step):
-                return
-            losses = torch.stack([outputs[k].detach().float() for k in LOSS_NAMES])
+            self._window.append({k: outputs[k].detach() for k in LOSS_NAMES})
+            if trainer.global_step == self._step:
+                return  # mid gradient accumulation
+            self._step = step = trainer.global_step
+            window, self._window = self._window, []
+            # means as tensors: no device sync on steps without a row
+            losses = torch.stack([torch.stack([w[k] for w in window]).float().mean() for k in LOSS_NAMES])
             if trainer.world_size > 1:
                 # each process saw its own share of the batch: the batch's losses are the mean over them
+                # (every step, on every process alike; asynchronous, like the means)
                 losses = trainer.strategy.reduce(losses, reduce_op="mean")
-            row = {"step": step, **dict(zip(LOSS_NAMES, losses.tolist()))}
-            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+            row = {"step": step, **dict(zip(LOSS_NAMES, losses.unbind())),
+                   "lr": float(trainer.optimizers[0].param_groups[0]["lr"])}
+            self._pending = None
+            if step % self.every:
+                self._pending = row
+            else:
+                self._add_row(trainer, row)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.finish(trainer)
+
+        def finish(self, trainer, log: bool = True) -> None:
+            """Add the last step's row if it has none. Also called after a fit that resumed at its last
+            step (Lightning then skips the training hooks; TensorBoard has closed: the file gets the row)."""
+            if self._pending is not None and self._pending["step"] == trainer.global_step:
+                self._add_row(trainer, self._pending, log)
+            self._pending = None
+
+        def _add_row(self, trainer, row: dict, log: bool = True) -> None:
+            row = {k: (v if k == "step" else float(v)) for k, v in row.items()}
             self.rows.append(row)
+            if log:
+                log_scalars(trainer, {**{f"train/{k}": row[k] for k in LOSS_NAMES}, "lr": row["lr"]}, row["step"])
 
         def on_validation_end(self, trainer, pl_module) -> None:
             metrics = trainer.callback_metrics
             self.val = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("val/")}
+            log_scalars(trainer, {f"val/{k}": v for k, v in self.val.items()}, trainer.global_step)
 
         def state_dict(self) -> dict:
-            return {"rows": self.rows, "val": self.val, "images": self.images, "wall_time": self.elapsed()}
+            pending = self._pending and {k: v if k == "step" else float(v) for k, v in self._pending.items()}
+            return {"rows": self.rows, "val": self.val, "images": self.images, "wall_time": self.elapsed(),
+                    "pending": pending}
 
         def load_state_dict(self, state: dict) -> None:
             self.rows = list(state.get("rows", []))
             self.val = dict(state.get("val", {}))
             self.images = int(state.get("images", 0))
             self.wall_time = float(state.get("wall_time", 0.0))
+            self._pending = state.get("pending")
 
     return Preemption, Curves, Finished
+
+
+def log_scalars(trainer, metrics: dict[str, float], step: int) -> None:
+    """To every logger at ``step`` optimizer steps done (Lightning's own x-axis is one less: steps before the batch)."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
 
 
 def _atomic_checkpoint_io():
@@ -270,7 +334,7 @@ def write_curves(path: Path, rows: list[dict]) -> None:
 
 def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
     accelerator = tp["accelerator"]
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
@@ -282,9 +346,11 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
         save_top_k=1,
         save_last=True,
     )
-    callbacks = [*callbacks, checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar()]
+    early_stopping = []
     if tp["early_stopping_patience"]:
-        callbacks.append(EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"]))
+        early_stopping = [EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"])]
+    # early stopping first: it has seen a validation before a preemption checkpoint is written after it
+    callbacks = [*early_stopping, *callbacks, checkpoint, TQDMProgressBar()]
     return pl.Trainer(
         accelerator=accelerator,
         devices=tp["devices"],
@@ -340,9 +406,36 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_writable(folder, flag)
 
 
+HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def trainer_from_params(tp: dict, scratch: Path, callbacks: list, loggers: list):
+    """``build_trainer``, with Lightning's refusal of the hardware values as a params error naming them."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return build_trainer(tp, scratch, callbacks, loggers)
+    except (MisconfigurationException, ValueError) as err:
+        given = ", ".join(f"train.{k} = {tp[k]}" for k in HARDWARE_KEYS)
+        raise ValueError(f"Lightning refused {given}: {' '.join(str(err).split())} "
+                         "Change them in the params (a style may override them under styles.<name>).") from err
+
+
+def check_train_values(tp: dict) -> None:
+    """Refuse combinations the schema cannot see that would train nothing or ignore a setting."""
+    if tp["max_steps"] == 0:
+        raise ValueError("train.max_steps is 0, which trains nothing: give a number of optimizer steps, "
+                         "or -1 to run train.epochs epochs")
+    if tp["early_stopping_patience"] and 0 < tp["max_steps"] < tp["val_check_interval"]:
+        raise ValueError(f"train.early_stopping_patience is set but train.val_check_interval "
+                         f"({tp['val_check_interval']}) exceeds train.max_steps ({tp['max_steps']}): the run would "
+                         "never validate, so never stop early; lower val_check_interval or set the patience to null")
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tp = train_params(params, args.style)
+    check_train_values(tp)
     seed = int(params["seed"])
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
@@ -385,10 +478,11 @@ def run(args: argparse.Namespace) -> int:
 
     Preemption, Curves, Finished = _callbacks()
     # preempted.ckpt, not last.ckpt: that name is ModelCheckpoint's, which would version its own as last-v1
-    preemption, curves, finished = Preemption(args.scratch / "preempted.ckpt"), Curves(tp["log_every_n_steps"]), Finished()
+    preemption = Preemption(args.scratch / "preempted.ckpt", tp["val_check_interval"])
+    curves, finished = Curves(tp["log_every_n_steps"]), Finished()
     loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
     # curves first: a preempted step is recorded before the checkpoint is written
-    trainer = build_trainer(tp, args.scratch, [curves, preemption, finished], loggers)
+    trainer = trainer_from_params(tp, args.scratch, [curves, preemption, finished], loggers)
 
     module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network, data=args.data)
     resume, others = find_checkpoints(args.scratch, fp)
@@ -412,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     final = args.scratch / "final.ckpt"
+    curves.finish(trainer, log=False)
     finished.finished = True
     trainer.save_checkpoint(final)
     if not trainer.is_global_zero:
@@ -480,7 +575,8 @@ def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
     return {
         "style": style,
         "steps": steps,
-        "epochs": round(images_seen / max(1, len(datamodule.train_set)), 4),
+        # epochs trained: an epoch is the images it trains on (whole batches and accumulation windows)
+        "epochs": round(images_seen / max(1, len(datamodule.sampler) * world), 4),
         "images_seen": images_seen,
         "wall_time_s": round(wall, 3),
         "images_per_s": round(images_seen / wall, 3) if wall > 0 else None,
