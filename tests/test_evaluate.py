@@ -297,6 +297,16 @@ def test_report_draws_the_training_curves_of_each_style(run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _charts((tmp_path / "c" / "c.svg").read_text()) == ["total_loss", "content_loss", "style_loss",
                                                                 "tv_loss", "lr"]
+    assert "stroke-dasharray" not in (tmp_path / "c" / "c.svg").read_text()
+
+    # validation losses, where training wrote them: a dashed line in the style's colour
+    (train / "waves" / "val_curves.csv").write_text("step,content_loss,style_loss,tv_loss,total_loss\n"
+                                                    "20,9e4,4e5,7,4.9e5\n40,5e4,1e5,7,1.5e5\n")
+    proc = _report(run, tmp_path / "d", styles, "--train-dir", str(train), "--curves", str(tmp_path / "d" / "c.svg"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    svg = (tmp_path / "d" / "c.svg").read_text()
+    assert svg.count("stroke-dasharray=") == 4  # total, content, style and TV loss; no validation lr
+    assert "<title>waves, validation</title>" in svg and "dashed: validation" in svg
 
 
 def test_report_names_missing_or_broken_curves(run, tmp_path):

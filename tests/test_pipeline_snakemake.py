@@ -113,6 +113,7 @@ def test_every_declared_output_exists(run):
     for style in STYLES:
         for path in (f"results/models/{style}.pth", f"results/models/{style}.onnx",
                      f"results/checkpoints/{style}.ckpt", f"results/train/{style}/curves.csv",
+                     f"results/train/{style}/val_curves.csv",
                      f"results/metrics/{style}.json", f"results/speed/{style}.json", f"logs/train/{style}.log"):
             assert (run / path).is_file(), path
     # nothing left to do

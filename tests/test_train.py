@@ -60,7 +60,7 @@ def command(root: Path, run: str) -> list[str]:
         "--loss-network", str(root / "vgg16_features.pth"), "--model", str(out / "waves.pth"),
         "--onnx", str(out / "waves.onnx"), "--checkpoint", str(out / "waves.ckpt"),
         "--summary", str(out / "summary.json"), "--curves", str(out / "curves.csv"),
-        "--scratch", str(out / "scratch"),
+        "--val-curves", str(out / "val_curves.csv"), "--scratch", str(out / "scratch"),
     ]
 
 
@@ -165,6 +165,14 @@ def test_outputs(uninterrupted):
         assert [v for _, v in logged[tag]] == pytest.approx([float(r[name]) for r in rows], rel=1e-6)
     assert [s for s, _ in logged["val/total_loss"]] == [s for s, _ in logged["val/stylized"]] == [3, 6]
     assert logged["val/total_loss"][-1][1] == pytest.approx(summary["val_losses"]["total_loss"], rel=1e-6)
+    # the validation curves: a row per validation, the values TensorBoard has
+    with (out / "val_curves.csv").open() as fh:
+        val_rows = list(csv.DictReader(fh))
+    assert list(val_rows[0]) == ["step", "content_loss", "style_loss", "tv_loss", "total_loss"]
+    assert [int(r["step"]) for r in val_rows] == [3, 6]
+    for name in ("content_loss", "style_loss", "total_loss"):
+        assert [float(r[name]) for r in val_rows] == pytest.approx([v for _, v in logged[f"val/{name}"]], rel=1e-6)
+    assert float(val_rows[-1]["total_loss"]) == pytest.approx(summary["val_losses"]["total_loss"], rel=1e-6)
 
 
 def test_same_seed_same_weights(setup, uninterrupted):
@@ -183,7 +191,8 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
     resumed = train(setup, "c")
     assert "resuming from" in resumed.stderr
     assert_identical(uninterrupted / "waves.pth", setup / "c" / "waves.pth")
-    assert (setup / "c" / "curves.csv").read_text() == (uninterrupted / "curves.csv").read_text()
+    for curves in ("curves.csv", "val_curves.csv"):  # whole, though written by two processes
+        assert (setup / "c" / curves).read_text() == (uninterrupted / curves).read_text()
 
 
 @pytest.mark.slow

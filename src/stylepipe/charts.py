@@ -51,9 +51,10 @@ class _Line:
     colour: str
     segments: list[tuple[Any, Any]]  # (steps, values): the runs of finite values, drawn as lines
     diverged: tuple[float, str] | None  # (step, "inf" / "-inf" / "NaN") of the first non-finite value
+    dashed: bool = False
 
 
-def _line(label: str, colour: str, frame: pd.DataFrame, column: str, log: bool | None = None) -> _Line | None:
+def _line(label: str, colour: str, frame: pd.DataFrame, column: str, dashed: bool = False) -> _Line | None:
     if column not in frame or "step" not in frame:
         return None
     data = frame[["step", column]].apply(pd.to_numeric, errors="coerce")
@@ -74,19 +75,19 @@ def _line(label: str, colour: str, frame: pd.DataFrame, column: str, log: bool |
             start = None
     if not segments and diverged is None:
         return None
-    return _Line(label, colour, segments, diverged)
+    return _Line(label, colour, segments, diverged, dashed)
 
 
-def svg_chart(series: list[tuple[str, str, pd.DataFrame]], column: str, width: int = 380, height: int = 230,
-              tapered: bool = True) -> str:
-    """Line chart of ``column`` against ``step``: one line per (label, colour, frame).
+def svg_chart(series: list[tuple], column: str, width: int = 380, height: int = 230, tapered: bool = True) -> str:
+    """Line chart of ``column`` against ``step``: one line per (label, colour, frame) or
+    (label, colour, frame, dashed); a frame without ``column`` draws no line.
 
     ``tapered``: the first line widest and each next one thinner, so that a line drawn over an
     identical one (the same curve at two revisions) leaves it visible.
 
     Only finite values are drawn; where a run's loss overflows or turns NaN (a diverged run),
     a dashed line in its colour marks the step, labelled "diverged at step N"."""
-    lines = [line for label, colour, frame in series if (line := _line(label, colour, frame, column))]
+    lines = [line for label, colour, frame, *dashed in series if (line := _line(label, colour, frame, column, *dashed))]
     left, right, top, bottom = 62, 12, 26, 34
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(column)}">',
@@ -141,8 +142,9 @@ def svg_chart(series: list[tuple[str, str, pd.DataFrame]], column: str, width: i
             if not len(x):
                 continue
             points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
-            out.append(f'<polyline points="{points}" fill="none" stroke="{line.colour}" stroke-width="{width_px:.1f}" '
-                       f'stroke-linejoin="round"><title>{html.escape(line.label)}</title></polyline>')
+            dash = ' stroke-dasharray="5 3"' if line.dashed else ""
+            out.append(f'<polyline points="{points}" fill="none" stroke="{line.colour}" stroke-width="{width_px:.1f}"'
+                       f'{dash} stroke-linejoin="round"><title>{html.escape(line.label)}</title></polyline>')
             if len(x) == 1:
                 out.append(f'<circle cx="{px(x[0]):.1f}" cy="{py(y[0]):.1f}" r="3" fill="{line.colour}"/>')
     marks = [line for line in lines if line.diverged]

@@ -15,7 +15,8 @@ removed style left behind stay out of the report.
 
 The curves picture (SVG, with ``--curves``) has one chart per loss (and the
 learning rate when a schedule moves it) against the optimizer step, one line
-per style, read from ``<train-dir>/STYLE/curves.csv``.
+per style, read from ``<train-dir>/STYLE/curves.csv``, and a dashed one for
+its validation losses where ``<train-dir>/STYLE/val_curves.csv`` has them.
 """
 
 from __future__ import annotations
@@ -72,12 +73,16 @@ def collect_metrics(metrics_dir: Path, styles: list[str]) -> dict[str, dict]:
     return metrics
 
 
-def read_curves(train_dir: Path, styles: list[str]) -> dict[str, pd.DataFrame]:
-    """``{style: curves}`` from ``train_dir/STYLE/curves.csv``, styles in name order."""
+def read_curves(train_dir: Path, styles: list[str], name: str = "curves.csv",
+                required: bool = True) -> dict[str, pd.DataFrame]:
+    """``{style: curves}`` from ``train_dir/STYLE/<name>``, styles in name order; without
+    ``required``, a style whose file is absent is left out."""
     curves = {}
     for style in sorted(styles):
-        path = train_dir / style / "curves.csv"
+        path = train_dir / style / name
         if not path.is_file():
+            if not required:
+                continue
             raise FileNotFoundError(f"{path}: training curves missing; run `stylepipe train` for style {style} "
                                     "with --curves")
         try:
@@ -89,11 +94,13 @@ def read_curves(train_dir: Path, styles: list[str]) -> dict[str, pd.DataFrame]:
     return curves
 
 
-def draw_curves(curves: dict[str, pd.DataFrame]) -> str:
+def draw_curves(curves: dict[str, pd.DataFrame], val_curves: dict[str, pd.DataFrame] | None = None) -> str:
     """One chart per loss that is not zero throughout (and the learning rate when it changes), one
-    line per style; an SVG document."""
+    line per style, dashed for the validation losses (``val_curves``); an SVG document."""
     colours = {style: PALETTE[i % len(PALETTE)] for i, style in enumerate(curves)}
     series = [(style, colours[style], frame) for style, frame in curves.items()]
+    val_curves = {style: frame for style, frame in (val_curves or {}).items() if style in colours and len(frame)}
+    series += [(f"{style}, validation", colours[style], frame, True) for style, frame in val_curves.items()]
 
     def shown(column: str) -> bool:
         values = [frame[column].dropna() for frame in curves.values() if column in frame]
@@ -102,7 +109,8 @@ def draw_curves(curves: dict[str, pd.DataFrame]) -> str:
         return any((v != 0).any() for v in values)
 
     charts = [svg_chart(series, column, tapered=False) for column in CURVE_COLUMNS if shown(column)]
-    return svg_figure("Training curves (per optimizer step)", charts, [(s, c) for s, c in colours.items()])
+    title = "Training curves (per optimizer step" + ("; dashed: validation)" if val_curves else ")")
+    return svg_figure(title, charts, [(s, c) for s, c in colours.items()])
 
 
 def gallery_size(rows: int, cols: int, header_lines: int = 1) -> tuple[int, int]:
@@ -209,10 +217,12 @@ def main(args: argparse.Namespace) -> int:
     if args.curves is not None and args.train_dir is None:
         raise ValueError("--curves needs --train-dir, the folder holding STYLE/curves.csv (results/train)")
     curves = read_curves(args.train_dir, list(metrics)) if args.curves is not None else None
+    # validation curves where training wrote them (`stylepipe train --val-curves`)
+    val_curves = read_curves(args.train_dir, list(metrics), "val_curves.csv", required=False) if curves else None
     gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics), style_images)
     if curves is not None:
         with atomic_path(args.curves) as tmp:
-            tmp.write_text(draw_curves(curves), encoding="utf-8")
+            tmp.write_text(draw_curves(curves, val_curves), encoding="utf-8")
     with atomic_path(args.gallery) as tmp:
         gallery.save(tmp, format="PNG")
     write_json(args.output, metrics)

@@ -32,6 +32,7 @@ from stylepipe.io import atomic_path, check_writable, write_json
 
 CURVE_COLUMNS = ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
 LOSS_NAMES = CURVE_COLUMNS[1:5]
+VAL_CURVE_COLUMNS = ["step", *LOSS_NAMES]
 # training values that change how a run is carried out, not what it computes (val_images is not one:
 # it decides which images train; early stopping and, with it, val_check_interval decide when the run ends)
 OPERATIONAL_KEYS = {"num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "val_check_interval",
@@ -51,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="output: the final Lightning checkpoint")
     parser.add_argument("--summary", type=Path, help="output: summary JSON")
     parser.add_argument("--curves", type=Path, help="output: per-step loss curves (CSV)")
+    parser.add_argument("--val-curves", type=Path,
+                        help="output: the validation losses of every validation (CSV)")
     parser.add_argument("--scratch", required=True, type=Path, help="resume checkpoints and TensorBoard logs")
 
 
@@ -218,13 +221,15 @@ def _callbacks():
         Its losses are the means over the batches that step accumulated, its
         ``lr`` the rate after the step (what schedules reach at the last step). The same values go to TensorBoard,
         at the same step numbers (optimizer steps done), as do the validation
-        losses: the plain file, the scalars and the image grid agree.
+        losses: the plain file, the scalars and the image grid agree. Each
+        validation's losses are a row of ``val_rows``.
         """
 
         def __init__(self, every: int):
             self.every = every
             self.rows: list[dict] = []
             self.val: dict[str, float] = {}
+            self.val_rows: list[dict] = []
             self.images = 0  # training images seen, all processes
             self.wall_time = 0.0
             self._start = None
@@ -279,16 +284,20 @@ def _callbacks():
         def on_validation_end(self, trainer, pl_module) -> None:
             metrics = trainer.callback_metrics
             self.val = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("val/")}
+            if self.val_rows and self.val_rows[-1]["step"] == trainer.global_step:
+                self.val_rows.pop()  # validated again at the same step (a resume): the newer values
+            self.val_rows.append({"step": trainer.global_step, **{k: self.val[k] for k in LOSS_NAMES}})
             log_scalars(trainer, {f"val/{k}": v for k, v in self.val.items()}, trainer.global_step)
 
         def state_dict(self) -> dict:
             pending = self._pending and {k: v if k == "step" else float(v) for k, v in self._pending.items()}
-            return {"rows": self.rows, "val": self.val, "images": self.images, "wall_time": self.elapsed(),
-                    "pending": pending}
+            return {"rows": self.rows, "val": self.val, "val_rows": self.val_rows, "images": self.images,
+                    "wall_time": self.elapsed(), "pending": pending}
 
         def load_state_dict(self, state: dict) -> None:
             self.rows = list(state.get("rows", []))
             self.val = dict(state.get("val", {}))
+            self.val_rows = list(state.get("val_rows", []))
             self.images = int(state.get("images", 0))
             self.wall_time = float(state.get("wall_time", 0.0))
             self._pending = state.get("pending")
@@ -323,13 +332,13 @@ def _atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
-def write_curves(path: Path, rows: list[dict]) -> None:
+def write_curves(path: Path, rows: list[dict], columns: list[str] = CURVE_COLUMNS) -> None:
     with atomic_path(path) as tmp:
         with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: (row[k] if k == "step" else f"{row[k]:.8g}") for k in CURVE_COLUMNS})
+                writer.writerow({k: (row[k] if k == "step" else f"{row[k]:.8g}") for k in columns})
 
 
 def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
@@ -386,13 +395,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
-OUTPUT_FLAGS = ("model", "onnx", "checkpoint", "summary", "curves")
+OUTPUT_FLAGS = ("model", "onnx", "checkpoint", "summary", "curves", "val_curves")
 
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Create --scratch and every output's folder and write a scratch file into each; refuse outputs
     that are folders or that name the same file twice. Raises ValueError naming the flag and the path."""
-    files = {flag: getattr(args, flag) for flag in OUTPUT_FLAGS if getattr(args, flag, None) is not None}
+    files = {flag.replace("_", "-"): getattr(args, flag) for flag in OUTPUT_FLAGS
+             if getattr(args, flag, None) is not None}
     seen: dict[str, str] = {}
     for flag, path in files.items():
         key = os.path.realpath(path)
@@ -523,6 +533,8 @@ def run(args: argparse.Namespace) -> int:
         export_checkpoint(final, args.checkpoint)
     if args.curves:
         write_curves(args.curves, curves.rows)
+    if args.val_curves:
+        write_curves(args.val_curves, curves.val_rows, VAL_CURVE_COLUMNS)
     if args.summary:
         write_json(args.summary, _summary(args.style, trainer, tp, datamodule, curves))
     return 0

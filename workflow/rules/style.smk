@@ -13,6 +13,7 @@ rule train:
         checkpoint="results/checkpoints/{style}.ckpt",
         summary="results/train/{style}/summary.json",
         curves="results/train/{style}/curves.csv",
+        val_curves="results/train/{style}/val_curves.csv",
     log:
         "logs/train/{style}.log",
     params:
@@ -40,7 +41,8 @@ rule train:
         "{resources.launcher} stylepipe train --params {PARAMS_FILES:q} --style {wildcards.style} --data {input.data}"
         " --style-image {input.style_image} --loss-network {input.loss_network}"
         " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
-        " --summary {output.summary} --curves {output.curves} --scratch {params.scratch}"
+        " --summary {output.summary} --curves {output.curves} --val-curves {output.val_curves}"
+        " --scratch {params.scratch}"
         # appended: a training that was stopped and resumed (preemption, requeue, retry)
         # keeps every attempt's lines, "interrupted ... at step N" and "resuming from" included
         " >> {log} 2>&1"
@@ -125,6 +127,7 @@ rule report:
         stylized=expand("results/stylized/{style}", style=sorted(STYLES)),
         style_images=expand("data/styles/{style}.png", style=sorted(STYLES)),
         curves=expand("results/train/{style}/curves.csv", style=sorted(STYLES)),
+        val_curves=expand("results/train/{style}/val_curves.csv", style=sorted(STYLES)),
     output:
         metrics=report("results/metrics.json", caption="../../report/metrics.rst", category="Metrics"),
         gallery=report("results/gallery.png", caption="../../report/gallery.rst", category="Gallery"),
