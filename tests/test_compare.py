@@ -153,8 +153,10 @@ def test_report_embeds_every_image_and_nothing_external(report_ab):
     assert "<link" not in page and "<script" not in page
     for match in re.finditer(DATA_URI, page):
         Image.open(io.BytesIO(base64.b64decode(match.group(2)))).verify()
-    # overlaid curves: one line per revision in each chart (total, content, style loss; TV is 0) of each style
-    assert page.count("<polyline") == len(STYLES) * 3 * 2
+    # overlaid curves: in each chart (total, content, style loss; TV is 0) of each style, per revision
+    # a training line and a dashed validation line
+    assert page.count("<polyline") == len(STYLES) * 3 * 2 * 2
+    assert page.count('stroke-dasharray="5 3"') == len(STYLES) * 3 * 2 and "dashed: validation losses" in page
 
 
 def test_contact_sheet_has_a_cell_per_image_and_revision(history, report_ab):
@@ -193,7 +195,7 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
     assert page.count('class="cellmissing"') == len(IMAGES)
     assert _embedded(page) == EMBEDDED - len(IMAGES)
     assert f"{history['metrics']['A']['waves']['style_loss']:.4g}" in page
-    assert page.count("<polyline") == len(STYLES) * 3 * 2
+    assert page.count("<polyline") == len(STYLES) * 3 * 2 * 2
 
     # the origin's cache has the same layout as a local remote
     run("dvc", "remote", "modify", "--local", "store", "url", str(origin / ".dvc/cache"), cwd=clone)
@@ -237,7 +239,7 @@ def test_dvc_plots_diff_shows_curves_and_images(history, tmp_path):
                 assert f"{rev}_results_stylized_{style}_{image}.png" in static
         assert len(re.findall(rf'"rev": "{rev}"', page)) >= len(STYLES)  # curve points of each style
     for style in STYLES:
-        assert f"results/train/{style}/curves.csv" in page
+        assert f"results/train/{style}/curves.csv" in page and f"results/train/{style}/val_curves.csv" in page
 
 
 def test_default_compares_head_with_workspace_and_experiments_by_name(history, tmp_path):

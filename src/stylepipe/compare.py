@@ -51,6 +51,7 @@ METRICS = "results/metrics.json"
 STYLE_METRICS = "results/metrics/{style}.json"
 STYLE_SPEED = "results/speed/{style}.json"  # throughput, apart from the metrics: it varies from run to run
 CURVES = "results/train/{style}/curves.csv"
+VAL_CURVES = "results/train/{style}/val_curves.csv"
 EVAL_DIR = "data/eval"
 EVAL_IMAGE = "data/eval/{image}.png"
 STYLIZED = "results/stylized/{style}/{image}.png"
@@ -119,6 +120,7 @@ class Revision:
     params: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+    val_curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # validation losses, where recorded
     images: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (style, image) -> encoded image
     content: dict[str, bytes] = field(default_factory=dict)             # image -> encoded image
     missing: list[Missing] = field(default_factory=list)
@@ -376,6 +378,12 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
             curves = source.parse(CURVES.format(style=style), parse_curves)
             if curves is not None:
                 rev.curves[style] = curves
+            before = len(rev.missing)
+            val_curves = source.parse(VAL_CURVES.format(style=style), parse_curves)
+            # absent in revisions from before validation curves were written: nothing is missing there
+            rev.missing[before:] = [m for m in rev.missing[before:] if m.reason != "absent"]
+            if val_curves is not None:
+                rev.val_curves[style] = val_curves
         wanted = [(None, image) for image in images] + [(style, image) for style in styles for image in images]
         for style, image in tqdm(wanted, desc=f"compare: {rev.label}", unit="image", file=sys.stderr,
                                  disable=None):
@@ -866,14 +874,17 @@ def render_html(revs: list[Revision]) -> str:
 
     out.append('<h2 id="curves">Training curves</h2>')
     legend = " ".join(_rev_head(r, colours[r.label]) for r in revs)
-    out.append(f"<p>{legend}</p>")
+    dashed = any(style in r.val_curves for r in revs for style in styles)
+    out.append(f"<p>{legend}{' (dashed: validation losses)' if dashed else ''}</p>")
     for style in styles:
         series = [(r.label, colours[r.label], r.curves[style]) for r in revs if style in r.curves]
+        series += [(f"{r.label}, validation", colours[r.label], r.val_curves[style], True)
+                   for r in revs if style in r.val_curves]
         out.append(f"<h3>{html.escape(style)}</h3>")
         absent = [r.label for r in revs if style not in r.curves]
         if absent:
             out.append(f'<p class="muted">No curves for: {html.escape(", ".join(absent))}.</p>')
-        present = [c for c in CURVE_COLUMNS if any(c in f and f[c].abs().sum() > 0 for _, _, f in series)]
+        present = [c for c in CURVE_COLUMNS if any(c in f and f[c].abs().sum() > 0 for _, _, f, *_ in series)]
         if series:
             out.append('<div class="charts">' + "".join(svg_chart(series, c) for c in present) + "</div>")
 
