@@ -175,6 +175,27 @@ def test_outputs(uninterrupted):
     assert float(val_rows[-1]["total_loss"]) == pytest.approx(summary["val_losses"]["total_loss"], rel=1e-6)
 
 
+def test_cpu_threads_are_the_jobs_whoever_runs_it(setup):
+    """Snakemake sets OMP_NUM_THREADS to the job's threads (resources.train.cpus_per_task); run
+    without it (dvc repro, by hand) the training takes that count itself, not every core."""
+    import json
+    import os
+
+    params = yaml.safe_load((setup / "params.yaml").read_text())
+    params["train"].update(max_steps=1, val_check_interval=1)
+    params["resources"]["train"]["cpus_per_task"] = 1
+    (setup / "threads.yaml").write_text(yaml.safe_dump(params))
+    for run, omp, expected in (("t-own", None, 1), ("t-snakemake", "2", 2)):
+        cmd = command(setup, run)
+        cmd[cmd.index(str(setup / "params.yaml"))] = str(setup / "threads.yaml")
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        if omp:
+            env["OMP_NUM_THREADS"] = omp
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((setup / run / "summary.json").read_text())["cpu_threads"] == expected, run
+
+
 def test_same_seed_same_weights(setup, uninterrupted):
     train(setup, "b")
     assert_identical(uninterrupted / "waves.pth", setup / "b" / "waves.pth")

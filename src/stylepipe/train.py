@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from stylepipe.config import load_params, train_params
+from stylepipe.config import load_params, style_resources, train_params
 from stylepipe.io import atomic_path, check_writable, write_json
 
 CURVE_COLUMNS = ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
@@ -442,11 +442,33 @@ def check_train_values(tp: dict) -> None:
                          "never validate, so never stop early; lower val_check_interval or set the patience to null")
 
 
+def cpu_threads(params: dict, style: str) -> int:
+    """Set and return the number of threads torch computes with on the CPU.
+
+    Snakemake runs a training job with ``OMP_NUM_THREADS`` set to its threads,
+    ``resources.train.cpus_per_task``; that count is kept. Without it (``dvc
+    repro``, by hand) the same count is used, at most the CPUs this process
+    may run on: under ``bf16-mixed`` the weights depend on the thread count
+    (oneDNN splits its sums by thread), so both runners train the same
+    weights on any machine with that many CPUs.
+    """
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        threads = int(given)
+    else:
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = min(int(style_resources(params, style, "train").get("cpus_per_task", 1)), usable)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # and the processes Lightning starts for DDP
+    torch.set_num_threads(threads)
+    return threads
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tp = train_params(params, args.style)
     check_train_values(tp)
     seed = int(params["seed"])
+    cpu_threads(params, args.style)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
     # the loss network is in eval mode on purpose; the DataModule restores the sampler position itself
@@ -595,6 +617,7 @@ def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
         "precision": str(tp["precision"]),
         "device": device,
         "processes": world,
+        "cpu_threads": torch.get_num_threads(),  # per process; on the CPU the weights depend on it (bf16)
         # who started the processes: SLURMEnvironment under srun, LightningEnvironment when Lightning did
         "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__
         if world > 1 else None,
