@@ -75,7 +75,7 @@ for stage in Repo(sys.argv[1]).index.stages:
 print(json.dumps(stages))
 """
 
-LOG_REDIRECT = re.compile(r"\s*>>?\s*\S+\s+2>&1\s*$")  # > log, or >> log (train appends)
+LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
 
 
 def _run_json(code: str) -> list[dict]:

@@ -365,7 +365,7 @@ def test_photos_in_formats_not_read_are_named(models, tmp_path):
     for name in ("IMG_0001.HEIC", "IMG_0002.HEIC"):
         (folder / name).write_bytes(heic)
     with pytest.raises(FileNotFoundError, match=r"iphone: no images found \(2 file\(s\), of kinds \.heic; images "
-                                                r"are read from \.bmp, .*: convert the others \(e\.g\. HEIC\)"):
+                                                r"are read from \.avif, \.bmp, .*: convert the others \(e\.g\. HEIC\)"):
         expand_inputs([folder])
     with pytest.raises(FileNotFoundError, match=r"\*\.HEIC: no images found \(2 file\(s\), of kinds \.heic"):
         expand_inputs([folder / "*.HEIC"])

@@ -43,9 +43,7 @@ rule train:
         " --model {output.model} --onnx {output.onnx} --checkpoint {output.checkpoint}"
         " --summary {output.summary} --curves {output.curves} --val-curves {output.val_curves}"
         " --scratch {params.scratch}"
-        # appended: a training that was stopped and resumed (preemption, requeue, retry)
-        # keeps every attempt's lines, "interrupted ... at step N" and "resuming from" included
-        " >> {log} 2>&1"
+        " > {log} 2>&1"
 
 
 rule stylize:
