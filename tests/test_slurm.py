@@ -257,6 +257,10 @@ def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_ru
     assert requeued.count("Workflow ID") >= 4, requeued[:3000]  # Snakemake and the job's own, per run
     log = (root / "logs/train/long.log").read_text()
     assert "resuming from" in log, log[-3000:]
+    # Snakemake rewrote that log at each attempt; the attempts' history is in scratch
+    attempts = (root / "scratch/train/long/attempts.log").read_text()
+    assert "interrupted by SIGUSR1" in attempts and attempts.count("resuming from") >= 1, attempts
+    assert attempts.splitlines()[-1].endswith(f"finished at step {LONG_STEPS}"), attempts
     # started by srun as a job step of its own (Lightning warns when a Slurm job's training is not)
     assert "is available on your system but is not used" not in log, log[-3000:]
 

@@ -214,6 +214,11 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
     assert_identical(uninterrupted / "waves.pth", setup / "c" / "waves.pth")
     for curves in ("curves.csv", "val_curves.csv"):  # whole, though written by two processes
         assert (setup / "c" / curves).read_text() == (uninterrupted / curves).read_text()
+    # the attempts, in --scratch (which outlives the job's own log): where each started and stopped
+    attempts = (setup / "c" / "scratch" / "attempts.log").read_text().splitlines()
+    assert [line.split(": ", 1)[1] for line in attempts] == [
+        "started", f"interrupted by SIGTERM at step {step}; checkpoint saved to {setup / 'c' / 'scratch' / 'preempted.ckpt'}",
+        f"resuming from {setup / 'c' / 'scratch' / 'preempted.ckpt'}", f"finished at step {MAX_STEPS}"]
 
 
 @pytest.mark.slow

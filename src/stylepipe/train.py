@@ -522,17 +522,21 @@ def run(args: argparse.Namespace) -> int:
         set_aside(args.scratch, others)
         if resume is not None:
             print(f"stylepipe train: resuming from {resume}", file=sys.stderr)
+        record_attempt(args.scratch, f"resuming from {resume}" if resume is not None else "started")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except Preempted as stop:
         if trainer.is_global_zero:
             print(f"stylepipe train: {stop}; checkpoint saved to {stop.path}. "
                   "Run the same command again to resume.", file=sys.stderr)
+            record_attempt(args.scratch, f"{stop}; checkpoint saved to {stop.path}")
         return 128 + int(stop.signum)
     except SIGTERMException:
         # SIGTERM caught by Lightning's own handler before ours was installed (start-up):
         # a SystemExit with status 0 otherwise, which would look like success
         print("stylepipe train: interrupted by SIGTERM while starting; run the same command again", file=sys.stderr)
+        if trainer.is_global_zero:
+            record_attempt(args.scratch, "interrupted by SIGTERM while starting")
         return 128 + signal.SIGTERM
     if trainer.interrupted:
         return 1
@@ -559,7 +563,23 @@ def run(args: argparse.Namespace) -> int:
         write_curves(args.val_curves, curves.val_rows, VAL_CURVE_COLUMNS)
     if args.summary:
         write_json(args.summary, _summary(args.style, trainer, tp, datamodule, curves))
+    record_attempt(args.scratch, f"finished at step {trainer.global_step}")
     return 0
+
+
+def record_attempt(scratch: Path, event: str) -> None:
+    """Append one line to ``scratch/attempts.log``: when (UTC), the Slurm job if any, what happened.
+
+    Snakemake deletes a job's log before every attempt; --scratch outlives them
+    all, so this file tells the whole story of a training that was preempted,
+    requeued or retried: where each attempt started and stopped.
+    """
+    from datetime import datetime, timezone
+
+    job = os.environ.get("SLURM_JOB_ID")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open(scratch / "attempts.log", "a", encoding="utf-8") as log:
+        log.write(f"{when}{f' slurm job {job}' if job else ''}: {event}\n")
 
 
 # checkpoint paths ModelCheckpoint records, made absolute by Lightning
