@@ -2,9 +2,9 @@
 
 `dvc metrics diff` prints numbers; style transfer has to be looked at. For each
 revision this reads what the pipeline recorded (params.yaml, results/metrics.json
-and each style's throughput in results/speed/,
-each style's curves.csv, the evaluation images and their stylizations) from git
-and the DVC cache or remote through `dvc.api.DVCFileSystem`; the special revision
+and each style's throughput in results/speed/, each style's curves.csv and
+val_curves.csv, the evaluation images and their stylizations) from git and the
+DVC cache or remote through `dvc.api.DVCFileSystem`; the special revision
 ``workspace`` means the files on disk. It writes one self-contained HTML page
 (images as data URIs, inline CSS and SVG, nothing fetched when it is opened) and,
 with ``--png``, a contact sheet.
