@@ -307,6 +307,7 @@ def test_report_draws_the_training_curves_of_each_style(run, tmp_path):
     svg = (tmp_path / "d" / "c.svg").read_text()
     assert svg.count("stroke-dasharray=") == 4  # total, content, style and TV loss; no validation lr
     assert "<title>waves, validation</title>" in svg and "dashed: validation" in svg
+    assert svg.count("<circle") == 4 * 2  # each validation marked, in each of the four charts
 
 
 def test_report_names_missing_or_broken_curves(run, tmp_path):

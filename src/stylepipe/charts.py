@@ -145,8 +145,9 @@ def svg_chart(series: list[tuple], column: str, width: int = 380, height: int = 
             dash = ' stroke-dasharray="5 3"' if line.dashed else ""
             out.append(f'<polyline points="{points}" fill="none" stroke="{line.colour}" stroke-width="{width_px:.1f}"'
                        f'{dash} stroke-linejoin="round"><title>{html.escape(line.label)}</title></polyline>')
-            if len(x) == 1:
-                out.append(f'<circle cx="{px(x[0]):.1f}" cy="{py(y[0]):.1f}" r="3" fill="{line.colour}"/>')
+            if len(x) == 1 or (line.dashed and len(x) <= 50):  # a few validations: mark each one
+                out.extend(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="3" fill="{line.colour}"/>'
+                           for a, b in zip(x, y))
     marks = [line for line in lines if line.diverged]
     for index, line in enumerate(marks):
         step, value = line.diverged
