@@ -228,8 +228,7 @@ def _callbacks():
         def __init__(self, every: int):
             self.every = every
             self.rows: list[dict] = []
-            self.val: dict[str, float] = {}
-            self.val_rows: list[dict] = []
+            self.val_rows: list[dict] = []  # one per validation: its step and losses
             self.images = 0  # training images seen, all processes
             self.wall_time = 0.0
             self._start = None
@@ -282,21 +281,24 @@ def _callbacks():
                 log_scalars(trainer, {**{f"train/{k}": row[k] for k in LOSS_NAMES}, "lr": row["lr"]}, row["step"])
 
         def on_validation_end(self, trainer, pl_module) -> None:
-            metrics = trainer.callback_metrics
-            self.val = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("val/")}
+            losses = {k: float(trainer.callback_metrics[f"val/{k}"]) for k in LOSS_NAMES}
             if self.val_rows and self.val_rows[-1]["step"] == trainer.global_step:
                 self.val_rows.pop()  # validated again at the same step (a resume): the newer values
-            self.val_rows.append({"step": trainer.global_step, **{k: self.val[k] for k in LOSS_NAMES}})
-            log_scalars(trainer, {f"val/{k}": v for k, v in self.val.items()}, trainer.global_step)
+            self.val_rows.append({"step": trainer.global_step, **losses})
+            log_scalars(trainer, {f"val/{k}": v for k, v in losses.items()}, trainer.global_step)
+
+        @property
+        def val(self) -> dict[str, float]:
+            """The last validation's losses."""
+            return {k: v for k, v in self.val_rows[-1].items() if k != "step"} if self.val_rows else {}
 
         def state_dict(self) -> dict:
             pending = self._pending and {k: v if k == "step" else float(v) for k, v in self._pending.items()}
-            return {"rows": self.rows, "val": self.val, "val_rows": self.val_rows, "images": self.images,
+            return {"rows": self.rows, "val_rows": self.val_rows, "images": self.images,
                     "wall_time": self.elapsed(), "pending": pending}
 
         def load_state_dict(self, state: dict) -> None:
             self.rows = list(state.get("rows", []))
-            self.val = dict(state.get("val", {}))
             self.val_rows = list(state.get("val_rows", []))
             self.images = int(state.get("images", 0))
             self.wall_time = float(state.get("wall_time", 0.0))
