@@ -393,3 +393,37 @@ def test_the_pixel_limit_can_be_raised_above_pillow_s(images, tmp_path, monkeypa
     monkeypatch.setenv("STYLEPIPE_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(ValueError, match="STYLEPIPE_MAX_IMAGE_PIXELS='lots': give a whole number"):
         load_rgb(images / "d.png")
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_for_max_size(models, tmp_path, orientation):
+    """A photo far larger than --max-size is decoded in the DCT domain at >= 2x the target, not at full size."""
+    from stylepipe.data.images import load_rgb_and_alpha
+
+    # a smooth picture (as photos are) whose left half is dark: the orientation is visible in the pixels
+    h, w = 1200, 1600
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // w, yy * 255 // h, 128 + 0 * xx], axis=-1).astype(np.uint8)
+    rgb[:, : w // 2] //= 4
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(path, quality=95, exif=exif)
+    upright_size = (w, h) if orientation == 1 else (h, w)
+    size = target_size(upright_size, max_size=160)
+
+    drafted, _ = load_rgb_and_alpha(path, for_size=size)
+    full, _ = load_rgb_and_alpha(path)
+    assert full.size == upright_size
+    # 1/4 scale: the largest reduction that keeps both sides at least twice the target
+    assert drafted.size == (upright_size[0] // 4, upright_size[1] // 4)
+    assert min(a >= 2 * b for a, b in zip(drafted.size, size))
+    a = np.asarray(drafted.resize(size, Image.Resampling.LANCZOS), dtype=np.int16)
+    b = np.asarray(full.resize(size, Image.Resampling.LANCZOS), dtype=np.int16)
+    assert np.abs(a - b).mean() < 1.0  # the same picture at the target size
+
+    out = tmp_path / "out.png"
+    assert cli.main(["stylize", "--model", str(models[1]), "--output", str(out), "--max-size", "160",
+                     *FP32, str(path)]) == 0
+    assert Image.open(out).size == size
+

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from stylepipe.data.images import ImageError, load_rgb_and_alpha, open_image
+from stylepipe.data.images import ImageError, displayed_size, load_rgb_and_alpha, open_image
 from stylepipe.datamodule import IMAGE_SUFFIXES
 from stylepipe.io import atomic_path, check_writable
 
@@ -342,12 +342,7 @@ def oriented_size(path: Path) -> tuple[int, int]:
     Raises ImageError for a file that is not an image (as ``load_rgb`` would).
     """
     with open_image(path) as img:
-        w, h = img.size
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:  # a broken EXIF block: load_rgb keeps the image as stored, so does this
-            orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return displayed_size(img)
 
 
 def is_image_path(output: Path) -> bool:
@@ -432,7 +427,7 @@ class Content:
 
 
 def _load_content(path: Path, size: tuple[int, int]) -> Content:
-    rgb, alpha = load_rgb_and_alpha(path)
+    rgb, alpha = load_rgb_and_alpha(path, for_size=size)
     profile = rgb.info.get("icc_profile")
     if rgb.size != size:
         rgb = rgb.resize(size, Image.Resampling.LANCZOS)

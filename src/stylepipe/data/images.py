@@ -266,15 +266,28 @@ def load_rgb(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
     return _rgb(_load_upright(path, max_pixels))
 
 
-def load_rgb_and_alpha(path: str | Path, *, max_pixels: int | None = None) -> tuple[Image.Image, Image.Image | None]:
-    """:func:`load_rgb`'s image and the file's transparency (:func:`alpha_channel`, upright too)."""
-    image = _load_upright(path, max_pixels)
+def load_rgb_and_alpha(path: str | Path, *, max_pixels: int | None = None,
+                       for_size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """:func:`load_rgb`'s image and the file's transparency (:func:`alpha_channel`, upright too).
+
+    ``for_size`` (upright width, height) is the size the caller will resize
+    to: a JPEG much larger than that is decoded at 1/2, 1/4 or 1/8 scale in
+    the DCT domain (as Pillow's ``thumbnail`` does), never below twice that
+    size, so a 24-megapixel photo stylized at ``--max-size 1024`` never
+    occupies memory at full size and the final resize keeps its quality.
+    """
+    image = _load_upright(path, max_pixels, for_size)
     return _rgb(image), alpha_channel(image)
 
 
-def _load_upright(path: str | Path, max_pixels: int | None) -> Image.Image:
+def _load_upright(path: str | Path, max_pixels: int | None, for_size: tuple[int, int] | None = None) -> Image.Image:
     image = open_image(path, max_pixels=max_pixels)
     try:
+        if for_size is not None and image.format == "JPEG":
+            width, height = for_size
+            if _exif_orientation(image) in _QUARTER_TURNS:
+                width, height = height, width  # the file's pixels are stored before the rotation
+            image.draft(None, (2 * width, 2 * height))
         decode(image, path)  # Pillow closes the file once a single-frame image is loaded
     except ImageError:
         image.close()
@@ -315,6 +328,23 @@ def rgb_icc_profile(image: Image.Image) -> bytes | None:
     profile = image.info.get("icc_profile")
     # the ICC header's data colour space field, bytes 16-19
     return profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None
+
+
+EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        return image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block: upright() keeps the image as stored
+        return 1
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed, after the EXIF orientation, from the header alone."""
+    w, h = image.size
+    return (h, w) if _exif_orientation(image) in _QUARTER_TURNS else (w, h)
 
 
 def upright(image: Image.Image) -> Image.Image:
