@@ -178,3 +178,20 @@ def test_bf16_mixed_run_with_a_schedule_resumes_bit_for_bit(setup):
     assert_identical(setup / "bf16-full" / "waves.pth", setup / "bf16-cut" / "waves.pth")
     full, cut = ((setup / run / "curves.csv").read_text() for run in ("bf16-full", "bf16-cut"))
     assert full == cut and full.splitlines()[-1].endswith(",0")  # the cosine reaches 0 at the last step
+
+
+def test_step_schedule_drops_the_rate_once_per_milestone_even_on_short_runs():
+    from stylepipe.module import step_milestones
+
+    assert step_milestones(41_000) == [27_333, 36_444]
+    for steps in range(1, 40):
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, step_milestones(steps), gamma=0.1)
+        rates = []
+        for _ in range(steps):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert rates[0] == 1.0  # the first step trains at the full rate
+        ratios = [b / a for a, b in zip(rates, rates[1:])]
+        assert all(r == 1.0 or r == pytest.approx(0.1) for r in ratios), (steps, rates)  # never 100x at once

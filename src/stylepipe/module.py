@@ -183,8 +183,17 @@ class StyleTransferModule(pl.LightningModule):
         if hp.lr_schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         elif hp.lr_schedule == "step":
-            # a tenth of the rate for the last third, then a hundredth for the last ninth
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [steps * 2 // 3, steps * 8 // 9], gamma=0.1)
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, step_milestones(steps), gamma=0.1)
         else:
             raise ValueError(f"train.lr_schedule: unknown schedule {hp.lr_schedule!r} (none, cosine, step)")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def step_milestones(steps: int) -> list[int]:
+    """Where ``lr_schedule: step`` divides the rate by 10: a tenth for the last third, a hundredth for the last ninth.
+
+    On a run too short for two distinct steps the second drop is left out
+    rather than applied on top of the first (MultiStepLR counts a repeated
+    milestone twice), and no drop comes before the first step.
+    """
+    return sorted({max(1, steps * 2 // 3), max(1, steps * 8 // 9)})
