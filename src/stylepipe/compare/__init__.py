@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="PX",
                         help=f"long edge of images embedded in the HTML, which shows them {IMAGE_WIDTH} px wide; "
                              f"0 keeps them as they are (default: {DEFAULT_IMAGE_SIZE})")
-    parser.add_argument("--image-format", choices=tuple(IMAGE_FORMATS), default=DEFAULT_IMAGE_FORMAT,
+    parser.add_argument("--image-format", choices=IMAGE_FORMATS, default=DEFAULT_IMAGE_FORMAT,
                         help=f"format of the embedded images; png is lossless (default: {DEFAULT_IMAGE_FORMAT})")
     parser.add_argument("--image-quality", type=int, default=DEFAULT_IMAGE_QUALITY, metavar="Q",
                         help=f"jpeg/webp quality, 1-100 (default: {DEFAULT_IMAGE_QUALITY})")

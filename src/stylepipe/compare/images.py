@@ -10,7 +10,7 @@ from PIL import Image
 # 512 px (sharp on a 2x display) in JPEG at quality 90 is what a reader can see; PNG
 # (lossless, the original bytes when they fit) is for pixel-peeping.
 IMAGE_WIDTH = 256
-IMAGE_FORMATS = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
+IMAGE_FORMATS = ("jpeg", "webp", "png")  # the MIME type is read from the bytes: image_mime
 DEFAULT_IMAGE_SIZE = 2 * IMAGE_WIDTH
 DEFAULT_IMAGE_FORMAT = "jpeg"
 DEFAULT_IMAGE_QUALITY = 90
