@@ -315,7 +315,7 @@ def test_images_are_embedded_at_the_displayed_size_with_a_lossless_option(histor
     the PNG files themselves, byte for byte."""
     from dvc.api import DVCFileSystem
 
-    from stylepipe.compare import DEFAULT_IMAGE_SIZE, IMAGE_WIDTH
+    from stylepipe.compare.images import DEFAULT_IMAGE_SIZE, IMAGE_WIDTH
 
     assert DEFAULT_IMAGE_SIZE <= 2 * IMAGE_WIDTH and f"img{{width:{IMAGE_WIDTH}px" in report_ab["html"]
     kinds = [m.group(1) for m in re.finditer(DATA_URI, report_ab["html"])]
@@ -498,7 +498,8 @@ def test_report_renders_in_headless_chromium(history, report_ab, tmp_path):
 
 
 def test_default_revisions_and_params_flattening():
-    from stylepipe.compare import default_revisions, flatten
+    from stylepipe.compare.revisions import default_revisions
+    from stylepipe.compare.tables import flatten
 
     assert default_revisions([]) == ["HEAD", "workspace"]
     assert default_revisions(["v1"]) == ["v1", "workspace"]
@@ -543,7 +544,8 @@ def test_non_finite_curve_values_are_not_charted_but_marked():
 
 def test_contact_sheet_wraps_long_style_names():
     """`rain-princess-style-weight-5e10` in the contact sheet: its label stays in the label column."""
-    from stylepipe.compare import Revision, contact_sheet
+    from stylepipe.compare.revisions import Revision
+    from stylepipe.compare.sheet import contact_sheet
 
     image = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image, "PNG")
