@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import signal
 import subprocess
@@ -81,15 +82,16 @@ def train(root: Path, run: str, cmd: list[str] | None = None) -> subprocess.Comp
     return result
 
 
-def train_interrupted(root: Path, run: str, signum: int, cmd: list[str] | None = None) -> subprocess.CompletedProcess:
-    """Start a run, send ``signum`` once its first checkpoint exists, let it stop; return that process."""
+def train_interrupted(root: Path, run: str, signum: int, cmd: list[str] | None = None,
+                      after: str = "last.ckpt") -> subprocess.CompletedProcess:
+    """Start a run, send ``signum`` as soon as the checkpoint ``after`` exists, let it stop; return that process."""
     scratch = root / run / "scratch"
     proc = subprocess.Popen(cmd or command(root, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (scratch / "last.ckpt").exists():
+    while not (scratch / after).exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, f"no {after} appeared"
+        time.sleep(0.005)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=240)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -137,6 +139,10 @@ def test_outputs(uninterrupted):
 
     ckpt = torch.load(out / "waves.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == MAX_STEPS
+    # the same bytes wherever it ran: ModelCheckpoint's paths are relative
+    [saver] = [state for key, state in ckpt["callbacks"].items() if key.startswith("ModelCheckpoint{")]
+    assert saver["dirpath"] == str(Path(os.path.relpath(out / "scratch")))
+    assert not Path(saver["last_model_path"]).is_absolute()
     assert ckpt["hyper_parameters"]["style_weight"] == 1e10
     # stylize takes the checkpoint as --model too: its network is the .pth's
     from_ckpt = load_transformer(out / "waves.ckpt").state_dict()
@@ -179,7 +185,6 @@ def test_cpu_threads_are_the_jobs_whoever_runs_it(setup):
     """Snakemake sets OMP_NUM_THREADS to the job's threads (resources.train.cpus_per_task); run
     without it (dvc repro, by hand) the training takes that count itself, not every core."""
     import json
-    import os
 
     params = yaml.safe_load((setup / "params.yaml").read_text())
     params["train"].update(max_steps=1, val_check_interval=1)
@@ -219,6 +224,24 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
     assert [line.split(": ", 1)[1] for line in attempts] == [
         "started", f"interrupted by SIGTERM at step {step}; checkpoint saved to {setup / 'c' / 'scratch' / 'preempted.ckpt'}",
         f"resuming from {setup / 'c' / 'scratch' / 'preempted.ckpt'}", f"finished at step {MAX_STEPS}"]
+
+
+def test_killed_right_after_a_validating_steps_checkpoint_resumes_with_that_validation(setup, uninterrupted):
+    # checkpoints every 3 steps, as it validates (an operational value: the same run as the uninterrupted
+    # one); SIGKILL leaves nothing to act on, so the run resumes from step 3's periodic checkpoint, which
+    # is written after step 3's validation: the resumed run neither skips nor repeats it
+    cmd = variant(setup, "killed", checkpoint_every_n_steps=3)
+    killed = train_interrupted(setup, "killed", signal.SIGKILL, cmd, after="step0000003.ckpt")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (setup / "killed" / "waves.pth").exists()
+    ckpt = torch.load(setup / "killed" / "scratch" / "step0000003.ckpt", map_location="cpu", weights_only=False)
+    [curves] = [state for key, state in ckpt["callbacks"].items() if key.endswith("Curves")]
+    assert [row["step"] for row in curves["val_rows"]] == [3]  # the checkpoint holds step 3's validation
+    resumed = train(setup, "killed", cmd)
+    assert "resuming from" in resumed.stderr
+    for curves in ("curves.csv", "val_curves.csv"):
+        assert (setup / "killed" / curves).read_text() == (uninterrupted / curves).read_text(), curves
+    assert_identical(uninterrupted / "waves.pth", setup / "killed" / "waves.pth")
 
 
 @pytest.mark.slow

@@ -313,6 +313,55 @@ def log_scalars(trainer, metrics: dict[str, float], step: int) -> None:
         logger.log_metrics(metrics, step=step)
 
 
+def _periodic_checkpoint(val_every: int, **kwargs):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class PeriodicCheckpoint(ModelCheckpoint):
+        """``every_n_train_steps`` checkpoints that, at a step that validates, follow its validation.
+
+        Lightning's ModelCheckpoint saves them when the step's last batch ends,
+        before the validation due after it; Lightning does not rerun a
+        validation that was due when a checkpoint was written, so a run killed
+        outright (no signal to act on) after such a checkpoint would resume
+        without it: a row missing from the validation curves, and early
+        stopping deciding otherwise. At those steps the save waits for the end
+        of the validation (after the curves and early stopping have seen it,
+        as ModelCheckpoint's hooks run after every other callback's).
+        """
+
+        def __init__(self, val_every: int, **kwargs):
+            super().__init__(**kwargs)
+            self.val_every = val_every  # optimizer steps between validations
+            self._step = 0
+            self._deferred: tuple | None = None  # the step's on_train_batch_end arguments, until its validation ends
+
+        @property
+        def state_key(self) -> str:
+            # ModelCheckpoint's own: checkpoints keep their layout (export_checkpoint finds it by that name)
+            return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            super().on_train_start(trainer, pl_module)
+            self._step = trainer.global_step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            stepped, self._step = trainer.global_step != self._step, trainer.global_step
+            if stepped and trainer.global_step % self.val_every == 0:
+                self._deferred = (outputs, batch, batch_idx)  # this step validates next
+                return
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if self._deferred is None:
+                super().on_validation_end(trainer, pl_module)
+                return
+            # the step's own save, now that its validation is done (last.ckpt with it: nothing to redo after)
+            deferred, self._deferred = self._deferred, None
+            super().on_train_batch_end(trainer, pl_module, *deferred)
+
+    return PeriodicCheckpoint(val_every, **kwargs)
+
+
 def _atomic_checkpoint_io():
     from lightning_fabric.plugins import TorchCheckpointIO
 
@@ -345,11 +394,12 @@ def write_curves(path: Path, rows: list[dict], columns: list[str] = CURVE_COLUMN
 
 def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
 
     accelerator = tp["accelerator"]
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    checkpoint = ModelCheckpoint(
+    checkpoint = _periodic_checkpoint(
+        tp["val_check_interval"],
         dirpath=scratch,
         filename="step{step:07d}",
         auto_insert_metric_name=False,
