@@ -507,11 +507,17 @@ def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs
 
 
 def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
-    values = dict(max_steps=40, val_check_interval=1, early_stopping_patience=2, lr=0.5)
+    values = dict(max_steps=40, val_check_interval=1, early_stopping_patience=2, lr=0.5, checkpoint_every_n_steps=1)
     cmd = variant(setup, "early", **values)
     train(setup, "early", cmd)
     first = yaml.safe_load((setup / "early" / "summary.json").read_text())
     assert first["steps"] < 40  # stopped early (lr 0.5 makes the validation loss jump)
+    # killed after the stopping step's periodic checkpoint, before the final one: that checkpoint
+    # is of a finished run too, so the resumed run stops there rather than training on
+    (setup / "early" / "scratch" / "final.ckpt").unlink()
+    resumed = train(setup, "early", cmd).stderr
+    assert "resuming from" in resumed and "final.ckpt" not in resumed
+    assert yaml.safe_load((setup / "early" / "summary.json").read_text())["steps"] == first["steps"]
     again = train(setup, "early", cmd)
     assert "final.ckpt" in again.stderr
     assert yaml.safe_load((setup / "early" / "summary.json").read_text())["steps"] == first["steps"]

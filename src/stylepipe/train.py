@@ -194,10 +194,13 @@ def _callbacks():
             self._previous = {}
 
     class Finished(Callback):
-        """Marks the final checkpoint: a finished run started again does not train on.
+        """Marks the checkpoints of a finished run: started again, it does not train on.
 
         (Without it, an early-stopped run resumed from its final checkpoint
         would train until the next validation and stop again, further each time.)
+        The periodic checkpoint of the step at which early stopping ends the
+        run is written after that decision, which a checkpoint does not keep:
+        it is marked too, so a run killed before its final checkpoint stops there.
         """
 
         def __init__(self):
@@ -206,6 +209,10 @@ def _callbacks():
         def on_train_start(self, trainer, pl_module) -> None:
             if self.finished:
                 trainer.should_stop = True
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            # EarlyStopping's hook ran before (it comes first); ModelCheckpoint's runs after
+            self.finished = self.finished or trainer.should_stop
 
         def state_dict(self) -> dict:
             return {"finished": self.finished}
