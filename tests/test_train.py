@@ -143,6 +143,10 @@ def test_outputs(uninterrupted):
     [saver] = [state for key, state in ckpt["callbacks"].items() if key.startswith("ModelCheckpoint{")]
     assert saver["dirpath"] == str(Path(os.path.relpath(out / "scratch")))
     assert not Path(saver["last_model_path"]).is_absolute()
+    # the callbacks' states under the names checkpoints have always had (older ones resume whole),
+    # without the wall time, which differs between equal runs
+    assert "wall_time" not in ckpt["callbacks"]["_callbacks.<locals>.Curves"]
+    assert ckpt["callbacks"]["_callbacks.<locals>.Finished"] == {"finished": True}
     assert ckpt["hyper_parameters"]["style_weight"] == 1e10
     # stylize takes the checkpoint as --model too: its network is the .pth's
     from_ckpt = load_transformer(out / "waves.ckpt").state_dict()
@@ -466,7 +470,7 @@ def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
 
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.module import StyleTransferModule, load_style_image
-    from stylepipe.train import LOSS_NAMES, _callbacks
+    from stylepipe.callbacks import LOSS_NAMES, Curves
 
     class Batches(pl.Callback):
         def __init__(self):
@@ -475,7 +479,6 @@ def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append({k: float(outputs[k]) for k in LOSS_NAMES})
 
-    _, Curves, _ = _callbacks()
     curves, batches = Curves(every=1), Batches()
     vgg = {k[len("features."):]: v for k, v in random_state_dict(0).items()}
     module = StyleTransferModule(load_style_image(setup / "style.png", 32), vgg)
@@ -548,7 +551,7 @@ def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):
 
 
 def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
-    from stylepipe.train import fingerprint
+    from stylepipe.resume import fingerprint
 
     tp = yaml.safe_load((setup / "params.yaml").read_text())["train"]
     files = (setup / "style.png", setup / "vgg16_features.pth")
