@@ -154,7 +154,8 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
     from stylepipe.data.shards import ShardWriter
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.module import StyleTransferModule
-    from stylepipe.train import _callbacks, build_trainer
+    from stylepipe.callbacks import Curves, Preemption
+    from stylepipe.train import build_trainer
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     tp = dict(yaml.safe_load((REPO / "params.yaml").read_text())["train"])
@@ -184,7 +185,6 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
         torch.backends.cudnn.benchmark = not deterministic  # Lightning keeps it unless deterministic
         module = StyleTransferModule(style, vgg_state, channels_last=tp["channels_last"])
         datamodule = ContentDataModule(data, args.size, batch_size, tp["val_images"], 0, tp["num_workers"])
-        Preemption, Curves, _ = _callbacks()
         clock = Clock()
         scratch = Path(tmp) / "scratch"
         logger = TensorBoardLogger(save_dir=scratch, name="", version="tensorboard", default_hp_metric=False)

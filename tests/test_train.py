@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import signal
 import subprocess
@@ -81,15 +82,16 @@ def train(root: Path, run: str, cmd: list[str] | None = None) -> subprocess.Comp
     return result
 
 
-def train_interrupted(root: Path, run: str, signum: int, cmd: list[str] | None = None) -> subprocess.CompletedProcess:
-    """Start a run, send ``signum`` once its first checkpoint exists, let it stop; return that process."""
+def train_interrupted(root: Path, run: str, signum: int, cmd: list[str] | None = None,
+                      after: str = "last.ckpt") -> subprocess.CompletedProcess:
+    """Start a run, send ``signum`` as soon as the checkpoint ``after`` exists, let it stop; return that process."""
     scratch = root / run / "scratch"
     proc = subprocess.Popen(cmd or command(root, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (scratch / "last.ckpt").exists():
+    while not (scratch / after).exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, f"no {after} appeared"
+        time.sleep(0.005)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=240)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -137,6 +139,14 @@ def test_outputs(uninterrupted):
 
     ckpt = torch.load(out / "waves.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == MAX_STEPS
+    # the same bytes wherever it ran: ModelCheckpoint's paths are relative
+    [saver] = [state for key, state in ckpt["callbacks"].items() if key.startswith("ModelCheckpoint{")]
+    assert saver["dirpath"] == str(Path(os.path.relpath(out / "scratch")))
+    assert not Path(saver["last_model_path"]).is_absolute()
+    # the callbacks' states under the names checkpoints have always had (older ones resume whole),
+    # without the wall time, which differs between equal runs
+    assert "wall_time" not in ckpt["callbacks"]["_callbacks.<locals>.Curves"]
+    assert ckpt["callbacks"]["_callbacks.<locals>.Finished"] == {"finished": True}
     assert ckpt["hyper_parameters"]["style_weight"] == 1e10
     # stylize takes the checkpoint as --model too: its network is the .pth's
     from_ckpt = load_transformer(out / "waves.ckpt").state_dict()
@@ -179,7 +189,6 @@ def test_cpu_threads_are_the_jobs_whoever_runs_it(setup):
     """Snakemake sets OMP_NUM_THREADS to the job's threads (resources.train.cpus_per_task); run
     without it (dvc repro, by hand) the training takes that count itself, not every core."""
     import json
-    import os
 
     params = yaml.safe_load((setup / "params.yaml").read_text())
     params["train"].update(max_steps=1, val_check_interval=1)
@@ -219,6 +228,24 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
     assert [line.split(": ", 1)[1] for line in attempts] == [
         "started", f"interrupted by SIGTERM at step {step}; checkpoint saved to {setup / 'c' / 'scratch' / 'preempted.ckpt'}",
         f"resuming from {setup / 'c' / 'scratch' / 'preempted.ckpt'}", f"finished at step {MAX_STEPS}"]
+
+
+def test_killed_right_after_a_validating_steps_checkpoint_resumes_with_that_validation(setup, uninterrupted):
+    # checkpoints every 3 steps, as it validates (an operational value: the same run as the uninterrupted
+    # one); SIGKILL leaves nothing to act on, so the run resumes from step 3's periodic checkpoint, which
+    # is written after step 3's validation: the resumed run neither skips nor repeats it
+    cmd = variant(setup, "killed", checkpoint_every_n_steps=3)
+    killed = train_interrupted(setup, "killed", signal.SIGKILL, cmd, after="step0000003.ckpt")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (setup / "killed" / "waves.pth").exists()
+    ckpt = torch.load(setup / "killed" / "scratch" / "step0000003.ckpt", map_location="cpu", weights_only=False)
+    [curves] = [state for key, state in ckpt["callbacks"].items() if key.endswith("Curves")]
+    assert [row["step"] for row in curves["val_rows"]] == [3]  # the checkpoint holds step 3's validation
+    resumed = train(setup, "killed", cmd)
+    assert "resuming from" in resumed.stderr
+    for curves in ("curves.csv", "val_curves.csv"):
+        assert (setup / "killed" / curves).read_text() == (uninterrupted / curves).read_text(), curves
+    assert_identical(uninterrupted / "waves.pth", setup / "killed" / "waves.pth")
 
 
 @pytest.mark.slow
@@ -443,7 +470,7 @@ def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
 
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.module import StyleTransferModule, load_style_image
-    from stylepipe.train import LOSS_NAMES, _callbacks
+    from stylepipe.callbacks import LOSS_NAMES, Curves
 
     class Batches(pl.Callback):
         def __init__(self):
@@ -452,7 +479,6 @@ def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append({k: float(outputs[k]) for k in LOSS_NAMES})
 
-    _, Curves, _ = _callbacks()
     curves, batches = Curves(every=1), Batches()
     vgg = {k[len("features."):]: v for k, v in random_state_dict(0).items()}
     module = StyleTransferModule(load_style_image(setup / "style.png", 32), vgg)
@@ -484,11 +510,17 @@ def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs
 
 
 def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
-    values = dict(max_steps=40, val_check_interval=1, early_stopping_patience=2, lr=0.5)
+    values = dict(max_steps=40, val_check_interval=1, early_stopping_patience=2, lr=0.5, checkpoint_every_n_steps=1)
     cmd = variant(setup, "early", **values)
     train(setup, "early", cmd)
     first = yaml.safe_load((setup / "early" / "summary.json").read_text())
     assert first["steps"] < 40  # stopped early (lr 0.5 makes the validation loss jump)
+    # killed after the stopping step's periodic checkpoint, before the final one: that checkpoint
+    # is of a finished run too, so the resumed run stops there rather than training on
+    (setup / "early" / "scratch" / "final.ckpt").unlink()
+    resumed = train(setup, "early", cmd).stderr
+    assert "resuming from" in resumed and "final.ckpt" not in resumed
+    assert yaml.safe_load((setup / "early" / "summary.json").read_text())["steps"] == first["steps"]
     again = train(setup, "early", cmd)
     assert "final.ckpt" in again.stderr
     assert yaml.safe_load((setup / "early" / "summary.json").read_text())["steps"] == first["steps"]
@@ -519,7 +551,7 @@ def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):
 
 
 def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
-    from stylepipe.train import fingerprint
+    from stylepipe.resume import fingerprint
 
     tp = yaml.safe_load((setup / "params.yaml").read_text())["train"]
     files = (setup / "style.png", setup / "vgg16_features.pth")
