@@ -599,3 +599,40 @@ def test_folder_input_is_decoded_like_resize_and_unreadable_images_are_listed(tm
     message = str(info.value)
     assert "2 of 4 images cannot be read" in message and "stylepipe resize" in message
     assert f"{folder / 'c_empty.jpg'}: empty file" in message and f"{folder / 'd_text.png'}: not an image" in message
+
+
+@pytest.mark.parametrize("preempted", [False, True], ids=["finished", "preempted"])
+def test_lightning_s_slurm_handler_never_installed_and_handlers_restored(setup, monkeypatch, preempted):
+    """Under Slurm, Lightning's own SIGUSR1 handler (save mid-step, `scontrol requeue`) is never put in, not even
+    for the moments between its set-up and train start; after the command, finished or preempted, the signal
+    handlers are those it found (left in, Preemption's would swallow a SIGTERM while the model is exported)."""
+    import threading
+
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train-waves", "SLURM_JOB_ID": "42",
+                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    installed = []
+    real_signal = signal.signal
+
+    def recording_signal(signum, handler):  # the real call, recorded
+        installed.append((signum, getattr(handler, "__module__", None) or type(handler).__module__))
+        return real_signal(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", recording_signal)
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)]
+    run = "inproc-preempted" if preempted else "inproc"
+    cmd = variant(setup, run, max_steps=4)[1:]
+    if preempted:  # SIGUSR1 to this very process once the first checkpoint is written
+        scratch = setup / run / "scratch"
+
+        def send():
+            deadline = time.monotonic() + 120
+            while not (scratch / "last.ckpt").exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+        threading.Thread(target=send, daemon=True).start()
+    assert cli.main(cmd) == (128 + signal.SIGUSR1 if preempted else 0)
+
+    assert [s for s, module in installed if s == signal.SIGUSR1 and module.startswith("pytorch_lightning")] == []
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)] == before

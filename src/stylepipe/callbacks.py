@@ -17,12 +17,13 @@ commands and train's own argument errors do not wait for.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -48,13 +49,36 @@ class Preempted(Exception):
         self.signum, self.path, self.step = signum, path, step
 
 
+@contextlib.contextmanager
+def signal_handlers_kept(signals: tuple[int, ...] = PREEMPT_SIGNALS) -> Iterator[None]:
+    """Put the handlers of ``signals`` back as they were when the block ends, however it ends.
+
+    Left in place after a fit, Preemption's handler would swallow a SIGTERM
+    while the model is exported; Lightning's exception path skips the
+    callbacks' teardown, so this is done around ``fit``, not in a hook.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:  # None: set outside Python, cannot be put back from here
+                signal.signal(sig, handler)
+
+
 class Preemption(Callback):
     """SIGTERM/SIGUSR1 → finish the step, checkpoint into scratch, stop with an error.
 
-    Installed at train start, after Lightning's own handlers, which it
-    replaces for the run: Lightning's SIGUSR1 handler under Slurm saves from
-    inside the signal handler, mid-step, and requeues the job behind the
-    workflow manager's back.
+    Its handler goes in at setup, before Lightning registers its own:
+    Lightning leaves a signal that has a handler already to it, so its Slurm
+    SIGUSR1 handler (which saves from inside the signal handler, mid-step,
+    and requeues the job behind the workflow manager's back) is never
+    installed; SIGTERM, which Lightning chains with ours, is ours alone
+    again from train start. Run ``fit`` inside :func:`signal_handlers_kept`:
+    Lightning's teardown puts back the handlers it found, ours by then.
 
     At a step that validates, it stops after the validation (and after
     early stopping has seen it): a checkpoint written before it would be
@@ -72,10 +96,16 @@ class Preemption(Callback):
     def _handler(self, signum: int, frame: Any) -> None:
         self.signum = signum
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def _install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for sig in PREEMPT_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handler)
+                self._previous.setdefault(sig, signal.signal(sig, self._handler))
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._install()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install()
         self._step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -190,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
     from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from stylepipe.callbacks import VAL_CURVE_COLUMNS, Curves, Finished, Preempted, Preemption, write_curves
+    from stylepipe.callbacks import (VAL_CURVE_COLUMNS, Curves, Finished, Preempted, Preemption, signal_handlers_kept,
+                                     write_curves)
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.models.vgg import load_features_state
     from stylepipe.module import StyleTransferModule, load_style_image
@@ -236,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"stylepipe train: resuming from {resume}", file=sys.stderr)
         record_attempt(args.scratch, f"resuming from {resume}" if resume is not None else "started")
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        with signal_handlers_kept():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except Preempted as stop:
         if trainer.is_global_zero:
             print(f"stylepipe train: {stop}; checkpoint saved to {stop.path}. "
@@ -244,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
             record_attempt(args.scratch, f"{stop}; checkpoint saved to {stop.path}")
         return 128 + int(stop.signum)
     except SIGTERMException:
-        # SIGTERM caught by Lightning's own handler before ours was installed (start-up):
+        # SIGTERM in the start-up moments when Lightning chains its handler with ours, which it acts on:
         # a SystemExit with status 0 otherwise, which would look like success
         print("stylepipe train: interrupted by SIGTERM while starting; run the same command again", file=sys.stderr)
         if trainer.is_global_zero:
