@@ -503,7 +503,21 @@ def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs
 
     stopped = train_interrupted(setup, "acc-cut", signal.SIGTERM, variant(setup, "acc-cut", **values))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    ckpt = torch.load(setup / "acc-cut" / "scratch" / "preempted.ckpt", weights_only=False)
+    scratch = setup / "acc-cut" / "scratch"
+    ckpt = torch.load(scratch / "preempted.ckpt", weights_only=False)
+    assert ckpt["ContentDataModule"]["sampler"]["consumed"] % 2 == 0
+    # resumed, the first periodic checkpoint comes after the first whole step too (Lightning's
+    # ModelCheckpoint does not know it saved at the resumed step and would save mid-window):
+    # kill the run outright as soon as it rewrites last.ckpt, then look at what it wrote
+    written = (scratch / "last.ckpt").stat().st_mtime_ns
+    proc = subprocess.Popen(variant(setup, "acc-cut", **values), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while (scratch / "last.ckpt").stat().st_mtime_ns == written:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate()
+    ckpt = torch.load(scratch / "last.ckpt", weights_only=False)
     assert ckpt["ContentDataModule"]["sampler"]["consumed"] % 2 == 0
     train(setup, "acc-cut", variant(setup, "acc-cut", **values))
     assert_identical(full / "waves.pth", setup / "acc-cut" / "waves.pth")

@@ -273,7 +273,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
     without it: a row missing from the validation curves, and early
     stopping deciding otherwise. At those steps the save waits for the end
     of the validation (after the curves and early stopping have seen it,
-    as ModelCheckpoint's hooks run after every other callback's).
+    as ModelCheckpoint's hooks run after every other callback's). It
+    saves only at a batch that made an optimizer step, resumed runs included.
     """
 
     def __init__(self, val_every: int, **kwargs):
@@ -293,7 +294,11 @@ class PeriodicCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stepped, self._step = trainer.global_step != self._step, trainer.global_step
-        if stepped and trainer.global_step % self.val_every == 0:
+        if not stepped:
+            # mid gradient accumulation: the summed gradients are not in a checkpoint. (ModelCheckpoint
+            # skips these itself, except after a resume: it does not know it saved at that step.)
+            return
+        if trainer.global_step % self.val_every == 0:
             self._deferred = (outputs, batch, batch_idx)  # this step validates next
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
