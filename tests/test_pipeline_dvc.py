@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_params_dict
+from stylepipe.config import load_params
 from test_pipeline_snakemake import EVAL, job_counts, make_workspace, sh, snakemake_workspace
 
 STYLES = sorted(tiny_params_dict()["styles"])
@@ -149,3 +150,15 @@ def test_removed_style_leaves_both_reports(tmp_path_factory, tmp_path):
     sh(work, "snakemake", "--cores", "1")
     assert [(work / f).read_bytes() for f in ("results/metrics.json", "results/gallery.png")] == by_dvc
     assert "up to date" in sh(work, "dvc", "status").stdout
+
+
+def test_exp_run_sets_numbers_in_exponent_form(tmp_path):
+    """`dvc exp run -S` writes params.yaml as YAML 1.2 (`1e-05`, no dot): every command reads a number."""
+    root = make_workspace(tmp_path / "repo", tiny_params_dict())
+    sh(root, "dvc", "exp", "run", "-n", "small-values", "-S", "+styles.waves.tv_weight=1.0e-05",
+       "-S", "train.lr=2.0e-05", "fetch_style@waves")
+    written = (root / "params.yaml").read_text()
+    assert re.search(r"^    tv_weight: 1e-05$", written, re.M) and re.search(r"^  lr: 2e-05$", written, re.M), written
+    assert "small-values" in sh(root, "dvc", "exp", "show", "--csv").stdout
+    params = load_params([root / "params.yaml"])
+    assert params["styles"]["waves"]["tv_weight"] == 1e-05 and params["train"]["lr"] == 2e-05
