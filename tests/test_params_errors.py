@@ -37,7 +37,8 @@ CASES = {
     "unknown key": (lambda p: p["train"].update(learning_rate=0.1), "train.learning_rate"),
     "unknown top-level key": (lambda p: p.update(sed=1), "sed"),
     "wrong type": (lambda p: p["train"].update(batch_size="four"), "train.batch_size"),
-    "number read as text": (lambda p: p["train"].update(style_weight="1e10"), "train.style_weight"),
+    # a quoted number (yaml.safe_dump quotes "1.0e+10"; it writes "1e10" plain, which is a number)
+    "number read as text": (lambda p: p["train"].update(style_weight="1.0e+10"), "train.style_weight"),
     "unknown style override": (lambda p: p["styles"]["waves"].update(style_wieght=1.0), "styles.waves.style_wieght"),
     "missing style image": (lambda p: p["styles"].update(candy={"file": "images/candy.jpg"}), "styles.candy.file"),
     "missing section": (lambda p: p.pop("evaluate"), "evaluate"),

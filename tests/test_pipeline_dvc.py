@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_params_dict
+from stylepipe.config import load_params
 from test_pipeline_snakemake import EVAL, job_counts, make_workspace, sh, snakemake_workspace
 
 STYLES = sorted(tiny_params_dict()["styles"])
@@ -149,3 +150,45 @@ def test_removed_style_leaves_both_reports(tmp_path_factory, tmp_path):
     sh(work, "snakemake", "--cores", "1")
     assert [(work / f).read_bytes() for f in ("results/metrics.json", "results/gallery.png")] == by_dvc
     assert "up to date" in sh(work, "dvc", "status").stdout
+
+
+def test_exp_run_sets_numbers_in_exponent_form(tmp_path):
+    """`dvc exp run -S` writes params.yaml as YAML 1.2 (`1e-05`, no dot): every command reads a number."""
+    root = make_workspace(tmp_path / "repo", tiny_params_dict())
+    sh(root, "dvc", "exp", "run", "-n", "small-values", "-S", "+styles.waves.tv_weight=1.0e-05",
+       "-S", "train.lr=2.0e-05", "fetch_style@waves")
+    written = (root / "params.yaml").read_text()
+    assert re.search(r"^    tv_weight: 1e-05$", written, re.M) and re.search(r"^  lr: 2e-05$", written, re.M), written
+    assert "small-values" in sh(root, "dvc", "exp", "show", "--csv").stdout
+    params = load_params([root / "params.yaml"])
+    assert params["styles"]["waves"]["tv_weight"] == 1e-05 and params["train"]["lr"] == 2e-05
+
+
+def test_experiment_through_remotes_to_a_fresh_clone(dvc_run, tmp_path):
+    """README, "A remote for DVC": push, clone, pull (clean, nothing to rerun), then an experiment
+    pushed by name arrives whole: `stylepipe compare` finds all its files."""
+    work, store, origin, clone = (tmp_path / name for name in ("work", "store", "origin.git", "clone"))
+    shutil.copytree(dvc_run["root"], work, symlinks=True)
+    sh(work, "git", "checkout", "-q", "--", ".")  # back to the first run, committed
+    sh(work, "dvc", "checkout", "--force")
+    sh(work, "dvc", "remote", "add", "-d", "local", str(store))
+    sh(work, "git", "commit", "-q", "-m", "DVC remote", ".dvc/config")
+    sh(tmp_path, "git", "init", "-q", "--bare", str(origin))
+    sh(work, "git", "remote", "add", "origin", str(origin))
+    sh(work, "git", "push", "-q", "origin", "HEAD")
+    branch = sh(work, "git", "branch", "--show-current").stdout.strip()
+    sh(work, "dvc", "push")
+    # the fixture's change again, so DVC's run cache restores the training instead of rerunning it
+    weight = yaml.safe_load((dvc_run["root"] / "params.yaml").read_text())["styles"][CHANGED]["style_weight"]
+    sh(work, "dvc", "exp", "run", "-n", "heavy", "-S", f"+styles.{CHANGED}.style_weight={weight!r}")
+    sh(work, "dvc", "exp", "push", "origin", "heavy")
+
+    sh(tmp_path, "git", "clone", "-q", "--branch", branch, str(origin), str(clone))
+    sh(clone, "dvc", "pull")
+    assert "up to date" in sh(clone, "dvc", "status").stdout
+    assert RAN.findall(sh(clone, "dvc", "repro").stdout) == []
+    sh(clone, "dvc", "exp", "pull", "origin", "heavy")
+    diff = json.loads(sh(clone, "dvc", "metrics", "diff", "HEAD", "heavy", "--json").stdout)
+    assert diff["results/metrics/" + CHANGED + ".json"]["style_loss"]["diff"] > 0
+    compared = sh(clone, "stylepipe", "compare", "HEAD", "heavy", "--output", str(tmp_path / "compare.html"))
+    assert "missing" not in compared.stdout + compared.stderr, compared.stderr

@@ -34,6 +34,27 @@ class ParamsError(ValueError):
     """A params file is wrong; the message names the file, the key and the fix."""
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but reading numbers in exponent form as YAML 1.2 does.
+
+    YAML 1.1 (PyYAML) reads ``1e-05`` and ``5e10`` as text; DVC writes
+    params.yaml with a YAML 1.2 library, so ``dvc exp run -S
+    train.tv_weight=1.0e-05`` stores ``tv_weight: 1e-05``, a number to DVC.
+    """
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_yaml(text: str | bytes) -> Any:
+    """A params file's values, numbers as DVC reads them (see :class:`ParamsLoader`)."""
+    return yaml.load(text, Loader=ParamsLoader)
+
+
 def _schema() -> dict:
     text = resources.files("stylepipe").joinpath("params.schema.yaml").read_text()
     return yaml.safe_load(text)
@@ -107,7 +128,7 @@ def load_params(paths: Iterable[str | Path]) -> dict:
         if not path.is_file():
             raise ParamsError(f"{path}: params file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ParamsError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(data, Mapping):
@@ -121,13 +142,13 @@ def _key_path(error: "jsonschema.ValidationError") -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
-_NUMBER_LIKE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_NUMBER_LIKE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def _hint(error: "jsonschema.ValidationError") -> str:
-    # YAML 1.1 (PyYAML, which Snakemake uses) reads 1e10 as a string.
+    # every unquoted number is read as one (ParamsLoader), so this one was quoted
     if isinstance(error.instance, str) and _NUMBER_LIKE.match(error.instance):
-        return " (write numbers in exponent form with a dot and a sign, e.g. 1.0e+10: YAML 1.1 reads 1e10 as text)"
+        return " (a number in quotes is text: remove the quotes)"
     return ""
 
 

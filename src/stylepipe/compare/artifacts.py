@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm import tqdm
 
 from stylepipe.charts import parse_curves
@@ -23,6 +22,7 @@ from stylepipe.compare.images import DEFAULT_IMAGE_FORMAT, DEFAULT_IMAGE_QUALITY
 from stylepipe.compare.revisions import Missing, Revision
 from stylepipe.compare.source import Source
 from stylepipe.compare.weights import derive_unweighted
+from stylepipe.config import parse_yaml
 
 # Pipeline layout (see the README's outputs table).
 PARAMS = "params.yaml"
@@ -42,7 +42,7 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
     be read goes to ``rev.missing``."""
     source = Source(repo, rev)
     try:
-        params = source.parse(PARAMS, yaml.safe_load)
+        params = source.parse(PARAMS, parse_yaml)  # numbers as DVC reads them, like every command
         rev.params = params if isinstance(params, dict) else {}
         styles = list(rev.params.get("styles") or {}) if isinstance(rev.params.get("styles"), dict) else []
         _read_metrics(source, rev, styles)
