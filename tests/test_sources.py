@@ -200,3 +200,24 @@ def test_unreadable_cached_style_image_is_moved_aside_not_deleted(tmp_path, caps
     assert aside.read_bytes() == b"<html>not an image</html>"  # kept
     assert not cached.exists()  # the next run downloads it again
     assert not (tmp_path / "candy.png").exists()
+
+
+def test_stylepipe_downloads_is_one_cache_for_every_copy_of_the_repository(tmp_path, monkeypatch):
+    """Clones and queued DVC experiments each have their own scratch/: $STYLEPIPE_DOWNLOADS gives them one cache."""
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((10, 14, 3), 90, np.uint8)).save(src)
+    item = {"name": "remote", "url": src.as_uri(), "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("STYLEPIPE_DOWNLOADS", str(shared))
+    for copy in ("clone-a", "clone-b"):
+        (tmp_path / copy).mkdir()
+        monkeypatch.chdir(tmp_path / copy)
+        assert _fetch("eval", "--params", str(_params(tmp_path / copy, eval=[item])), "--output", "data/eval") == 0
+        assert (tmp_path / copy / "data/eval/remote.png").is_file()
+        src.unlink(missing_ok=True)  # the second copy can only have it from the shared cache
+    assert (shared / "local" / src.relative_to("/")).is_file()
+    assert not (tmp_path / "clone-a" / "scratch").exists()
+
+    # --downloads still names the cache of one command
+    assert _fetch("eval", "--params", str(_params(tmp_path, eval=[item])), "--output", str(tmp_path / "e"),
+                  "--downloads", str(tmp_path / "own")) == 2  # not in that cache, and the file is gone

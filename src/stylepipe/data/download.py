@@ -37,6 +37,7 @@ from stylepipe import __version__
 
 CHUNK = 1 << 20
 DOWNLOAD_CACHE = Path("scratch/downloads")
+DOWNLOAD_CACHE_VARIABLE = "STYLEPIPE_DOWNLOADS"
 _HEX = re.compile(r"^[0-9a-fA-F]{8,64}$")
 
 
@@ -64,8 +65,18 @@ _TRANSIENT = (
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-def cache_path(url: str, cache: str | Path = DOWNLOAD_CACHE) -> Path:
-    """Where a URL's file is kept across runs: ``cache/<host>/<path of the URL>``.
+def download_cache() -> Path:
+    """The root of the download cache: ``$STYLEPIPE_DOWNLOADS`` if set, else ``scratch/downloads``.
+
+    The variable gives every clone, worktree and queued DVC experiment (each
+    a copy of the repository with its own ``scratch/``) one cache, so a
+    13 GB archive is downloaded once.
+    """
+    return Path(os.environ.get(DOWNLOAD_CACHE_VARIABLE) or DOWNLOAD_CACHE)
+
+
+def cache_path(url: str, cache: str | Path | None = None) -> Path:
+    """Where a URL's file is kept across runs: ``cache/<host>/<path of the URL>`` (default cache: download_cache()).
 
     Mirroring the URL keeps two files with the same name apart (no silent mix-up)
     and lets an offline machine be seeded by hand (``file://`` URLs use ``local/``).
@@ -77,7 +88,7 @@ def cache_path(url: str, cache: str | Path = DOWNLOAD_CACHE) -> Path:
     if parsed.query:  # same path, other query: another file
         parts[-1] += "-" + hashlib.sha256(parsed.query.encode()).hexdigest()[:8]
     host = re.sub(r"[^A-Za-z0-9._-]", "_", parsed.netloc) or "local"
-    return Path(cache, host, *parts)
+    return Path(cache or download_cache(), host, *parts)
 
 
 def _checksum(md5: str | None, sha256: str | None) -> tuple[str, str] | None:
@@ -181,7 +192,7 @@ def download(
     """Download ``url`` to ``output`` (resume, retry, verify, atomic rename).
 
     With ``extract=True``, ``output`` is a folder: the archive is downloaded to
-    ``archive`` (default ``scratch/downloads/<host>/<URL path>``) and
+    ``archive`` (default ``download_cache()/<host>/<URL path>``) and
     unpacked into ``output`` atomically. An existing verified file is reused.
     """
     output = Path(output)
@@ -266,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extract", action="store_true", help="unpack the zip/tar archive into the folder --output")
     parser.add_argument(
         "--archive", type=Path, default=None,
-        help="with --extract: where to keep the downloaded archive (default scratch/downloads/<host>/<path>)",
+        help=f"with --extract: where to keep the downloaded archive (default ${DOWNLOAD_CACHE_VARIABLE} or {DOWNLOAD_CACHE}, then /<host>/<path>)",
     )
     parser.add_argument("--retries", type=int, default=5, help="retries after a dropped connection (default 5)")
 

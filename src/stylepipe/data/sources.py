@@ -6,7 +6,7 @@
     stylepipe fetch loss-network  --params P.. --output data/models/vgg16_features.pth
 
 Downloads go through :func:`stylepipe.data.download.download` into a cache
-(``scratch/downloads/``, or ``--downloads``) that neither Snakemake nor DVC
+(``scratch/downloads/``, ``$STYLEPIPE_DOWNLOADS`` or ``--downloads``) that neither Snakemake nor DVC
 declares, so an interrupted 13 GB download resumes on the next run instead of
 being deleted. On an air-gapped machine, put the files there yourself: they
 are verified and reused. Every output is written atomically.
@@ -31,7 +31,7 @@ from typing import Iterable, Iterator, Mapping
 from PIL import Image
 
 from stylepipe.config import load_params, style_source
-from stylepipe.data.download import DOWNLOAD_CACHE, DownloadError, cache_path, download
+from stylepipe.data.download import DOWNLOAD_CACHE, DOWNLOAD_CACHE_VARIABLE, DownloadError, cache_path, download
 from stylepipe.data.images import ImageError, load_rgb
 from stylepipe.data.shards import atomic_directory
 from stylepipe.io import atomic_path
@@ -134,12 +134,12 @@ def _image_from_source(source: Mapping, key: str, downloads: Path, seed: int) ->
     raise SourceError(f"key {key}: no image source (give url, file, skimage or generate)")
 
 
-def fetch_style(params: Mapping, style: str, output: Path, downloads: Path = DOWNLOAD_CACHE) -> Path:
+def fetch_style(params: Mapping, style: str, output: Path, downloads: Path | None = None) -> Path:
     source = style_source(params, style)
     return _save_png(_image_from_source(source, f"styles.{style}", downloads, params["seed"]), output)
 
 
-def fetch_eval(params: Mapping, output: Path, downloads: Path = DOWNLOAD_CACHE) -> Path:
+def fetch_eval(params: Mapping, output: Path, downloads: Path | None = None) -> Path:
     items = params["data"]["eval"]
     names = [item["name"] for item in items]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -247,7 +247,7 @@ def _skimage_members(names: list[str]) -> Iterator[tuple[str, int, Iterator[byte
         yield arcname, len(files[arcname]), iter([files[arcname]])
 
 
-def fetch_content(params: Mapping, output: Path, downloads: Path = DOWNLOAD_CACHE) -> Path:
+def fetch_content(params: Mapping, output: Path, downloads: Path | None = None) -> Path:
     """The training photographs as ONE zip file (any layout inside; resize reads it in place)."""
     from stylepipe.data.archive import ArchiveError
 
@@ -280,7 +280,7 @@ def fetch_content(params: Mapping, output: Path, downloads: Path = DOWNLOAD_CACH
 # ---------------------------------------------------------------- loss network
 
 
-def fetch_loss_network(params: Mapping, output: Path, downloads: Path = DOWNLOAD_CACHE) -> Path:
+def fetch_loss_network(params: Mapping, output: Path, downloads: Path | None = None) -> Path:
     """VGG16 ``features[:23]`` weights (torchvision key names) for the perceptual losses."""
     import torch
 
@@ -319,8 +319,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="file or folder to create")
     parser.add_argument("--style", help="style name (for `fetch style`)")
     parser.add_argument(
-        "--downloads", type=Path, default=DOWNLOAD_CACHE,
-        help=f"download cache, resumable and reused (default {DOWNLOAD_CACHE})",
+        "--downloads", type=Path, default=None,
+        help=f"download cache, resumable and reused (default ${DOWNLOAD_CACHE_VARIABLE}, else {DOWNLOAD_CACHE})",
     )
 
 
