@@ -125,7 +125,7 @@ class Preemption(Callback):
         if trainer.world_size > 1:
             flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
         if flag:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             raise Preempted(self.signum or signal.SIGTERM, self.path, trainer.global_step)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:

@@ -18,6 +18,7 @@ bit for bit) as a run that was never interrupted.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -174,6 +175,11 @@ def cpu_threads(params: dict, style: str) -> int:
     return threads
 
 
+def _no_tips(record: logging.LogRecord) -> bool:
+    """Leave Lightning's suggestions of its cloud services out of the training log."""
+    return not record.getMessage().startswith("💡 Tip")
+
+
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tp = train_params(params, args.style)
@@ -185,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
     # the loss network is in eval mode on purpose; the DataModule restores the sampler position itself
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    # resuming from the checkpoints in --scratch is what it is for
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_no_tips)
 
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -258,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     final = args.scratch / "final.ckpt"
     curves.finish(trainer, log=False)
     finished.finished = True
-    trainer.save_checkpoint(final)
+    trainer.save_checkpoint(final, weights_only=False)
     if not trainer.is_global_zero:
         return 0
     net = _plain_copy(module.transformer)  # compile_losses() leaves the module itself unwrapped
