@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A one-node Slurm cluster on localhost, for trying `snakemake --profile slurm`
+# A Slurm cluster on localhost, for trying `snakemake --profile slurm`
 # on a laptop or a CI machine (Debian/Ubuntu packages, run as root):
 #
 #   apt-get install munge slurmctld slurmd slurm-client
@@ -12,11 +12,20 @@
 # (default: ${TMPDIR:-/tmp}/stylepipe-slurm). The node advertises
 # $STYLEPIPE_SLURM_GPUS fake GPUs (default 4; symlinks to /dev/null): Slurm
 # schedules `--gpus` requests against them, nothing is computed on them.
+# $STYLEPIPE_SLURM_NODES (default 1) nodes: more than one start one slurmd per
+# node on this host (`slurmd -N <node>`, node<i> listening on port
+# $STYLEPIPE_SLURMD_PORT + i - 1, each with all of this host's CPUs and memory),
+# which Debian's Slurm is built for (--enable-multiple-slurmd): multi-node jobs
+# (`srun --nodes=2`) run for real, every "node" on the same machine and filesystem.
+# No DNS knows those node names: export MASTER_ADDR=127.0.0.1 for Lightning's
+# multi-node jobs (it looks up the first node's name otherwise).
 # No accounting database: `sacct` does not work here, `squeue` does (see docs/slurm.md).
 set -euo pipefail
 
 DIR=${STYLEPIPE_SLURM_DIR:-${TMPDIR:-/tmp}/stylepipe-slurm}
 GPUS=${STYLEPIPE_SLURM_GPUS:-4}
+NODES=${STYLEPIPE_SLURM_NODES:-1}
+SLURMD_PORT=${STYLEPIPE_SLURMD_PORT:-6818}
 CONF=$DIR/etc/slurm.conf
 PIDS=$DIR/pids              # pid files of the daemons this script started
 ETC_LINK=/etc/slurm/slurm.conf
@@ -38,12 +47,33 @@ require_packages() {
     [ "$(id -u)" = 0 ] || die "run as root: slurmd must start jobs as their users"
 }
 
-# pid recorded by us and still that program?
+# The slurmd pid files: one per node (slurmd-<node>) on a cluster of several.
+slurmds() {
+    if ((NODES > 1)); then for node in $(node_names); do echo "slurmd-$node"; done; else echo slurmd; fi
+}
+
+# NAME's pid (slurmd-<node>: a slurmd) recorded by us and still that program?
 alive() {
     local name=$1 pidfile=$PIDS/$1.pid pid
     [ -s "$pidfile" ] || return 1
     pid=$(cat "$pidfile")
-    [ -d "/proc/$pid" ] && grep -q "$name" "/proc/$pid/comm" 2>/dev/null
+    [ -d "/proc/$pid" ] && grep -q "${name%%-*}" "/proc/$pid/comm" 2>/dev/null
+}
+
+# One node: named after this host. Several: node1, node2, ...
+node_names() {
+    if ((NODES > 1)); then seq -f 'node%g' 1 "$NODES"; else hostname -s; fi
+}
+
+node_lines() {
+    local hw=$1 i
+    if ((NODES == 1)); then
+        echo "NodeName=$(hostname -s) NodeAddr=127.0.0.1 $hw"
+        return
+    fi
+    for i in $(seq 1 "$NODES"); do
+        echo "NodeName=node$i NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + i - 1)) $hw"
+    done
 }
 
 munge_works() { munge -n -S "$MUNGE_SOCKET" 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; }
@@ -64,7 +94,7 @@ start_munge() {
 }
 
 write_config() {
-    local node cpus mem gres_files
+    local node cpus mem gres_files slurmd_files=""
     # The node as `slurmd -C` sees it, reached at 127.0.0.1 whatever the hostname resolves to.
     node=$(slurmd -C | head -1)
     cpus=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$node")
@@ -73,8 +103,10 @@ write_config() {
     gres_files=""
     for i in $(seq 0 $((GPUS - 1))); do ln -sfn /dev/null "$DIR/gpus/gpu$i"; done
     ((GPUS > 0)) && gres_files="$DIR/gpus/gpu[0-$((GPUS - 1))]"
+    # several slurmds on one host: each its own pid file, spool and log (%n: its node name)
+    ((NODES > 1)) && slurmd_files=-%n
     cat >"$CONF.new" <<EOF
-# Written by scripts/slurm-cluster.sh: one node on localhost, no accounting.
+# Written by scripts/slurm-cluster.sh: $( ((NODES > 1)) && echo "$NODES nodes" || echo "one node") on localhost, no accounting.
 ClusterName=stylepipe
 SlurmctldHost=$(hostname -s)(127.0.0.1)
 SlurmUser=root
@@ -82,13 +114,13 @@ AuthType=auth/munge
 # cred_expire also holds a requeued job back before it may start again (default 120 s).
 AuthInfo=socket=$MUNGE_SOCKET,cred_expire=${STYLEPIPE_SLURM_CRED_EXPIRE:-30}
 StateSaveLocation=$DIR/spool/ctld
-SlurmdSpoolDir=$DIR/spool/d
+SlurmdSpoolDir=$DIR/spool/d$slurmd_files
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd$slurmd_files.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd$slurmd_files.log
 SlurmctldPort=${STYLEPIPE_SLURMCTLD_PORT:-6817}
-SlurmdPort=${STYLEPIPE_SLURMD_PORT:-6818}
+SlurmdPort=$SLURMD_PORT
 # No systemd/cgroups needed: plain process tracking.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -111,7 +143,7 @@ MailProg=/bin/true
 EnforcePartLimits=ALL
 ReturnToService=2
 SlurmdTimeout=60
-NodeName=$(hostname -s) NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
+$(node_lines "CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN")
 PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
     cat >"$DIR/etc/gres.conf.new" <<EOF
@@ -146,49 +178,82 @@ stop_daemon() {
     rm -f "$PIDS/$name.pid"
 }
 
+# start_daemon slurmctld | slurmd | slurmd-<node> (`slurmd -N <node>`, its pid file run/slurmd-<node>.pid)
 start_daemon() {
     local name=$1 pidfile=$DIR/run/$1.pid
     alive "$name" && return
     rm -f "$pidfile"
-    "$name" -f "$CONF"
+    case $name in
+        slurmd-*) slurmd -f "$CONF" -N "${name#slurmd-}" ;;
+        *) "$name" -f "$CONF" ;;
+    esac
     for _ in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
     [ -s "$pidfile" ] || die "$name did not start; see $DIR/log/$name.log"
     cp "$pidfile" "$PIDS/$name.pid"
 }
 
-node_state() { SLURM_CONF=$CONF sinfo -h -N -o '%T' 2>/dev/null | head -1; }
+# The nodes' states, each once: "idle", "down idle", ...
+node_states() { SLURM_CONF=$CONF sinfo -h -N -o '%T' 2>/dev/null | sort -u | paste -sd' '; }
+
+# Every node can take jobs? Nodes that came up down or drained (a restart) are resumed.
+nodes_ready() {
+    local states=$1 state ready=1
+    [ -n "$states" ] || return 1
+    for state in $states; do
+        case $state in
+            idle | mixed | allocated) ;;
+            down* | drain*) ready=0; SLURM_CONF=$CONF scontrol update nodename="$(node_names | paste -sd,)" state=resume 2>/dev/null || true ;;
+            *) ready=0 ;;
+        esac
+    done
+    ((ready))
+}
+
+# Several slurmds on one host need a Slurm built with --enable-multiple-slurmd.
+check_multiple_slurmd() {
+    ((NODES > 1)) || return 0
+    local config=""
+    for _ in $(seq 100); do config=$(SLURM_CONF=$CONF scontrol show config 2>/dev/null) && break; sleep 0.1; done
+    [ -n "$config" ] || die "slurmctld does not answer; see $DIR/log/slurmctld.log"
+    grep -Eq '^MULTIPLE_SLURMD += Yes' <<<"$config" ||
+        die "this Slurm is not built with --enable-multiple-slurmd: it cannot run $NODES nodes on one host; use STYLEPIPE_SLURM_NODES=1"
+}
 
 up() {
     require_packages
     export PATH=$PATH:/usr/sbin
     mkdir -p "$PIDS"
     write_config
-    if ((CONFIG_CHANGED)); then stop_daemon slurmd; stop_daemon slurmctld; fi
+    if ((CONFIG_CHANGED)); then stop_slurmds; stop_daemon slurmctld; fi
     start_munge
     start_daemon slurmctld
-    start_daemon slurmd
-    local state=""
+    check_multiple_slurmd
+    for name in $(slurmds); do start_daemon "$name"; done
+    local state="" ready=0
     for _ in $(seq 300); do
-        state=$(node_state)
-        case $state in
-            idle | mixed | allocated) break ;;
-            down* | drain*) SLURM_CONF=$CONF scontrol update nodename="$(hostname -s)" state=resume 2>/dev/null || true ;;
-        esac
+        state=$(node_states)
+        nodes_ready "$state" && { ready=1; break; }
         sleep 0.1
     done
-    case $state in
-        idle | mixed | allocated) ;;
-        *) die "node not ready (state: ${state:-none}); see $DIR/log/" ;;
-    esac
-    log "up: node $(hostname -s) $state with $GPUS GPUs (config: $CONF)"
+    ((ready)) || die "nodes not ready (states: ${state:-none}); see $DIR/log/"
+    log "up: node(s) $(node_names | paste -sd' ') $state with $GPUS GPUs each (config: $CONF)"
     [ "$(readlink "$ETC_LINK" 2>/dev/null)" = "$CONF" ] || log "export SLURM_CONF=$CONF   # before using sinfo/sbatch/snakemake"
+}
+
+# Every slurmd this script started, whatever the node count it started them with.
+stop_slurmds() {
+    local pidfile
+    for pidfile in "$PIDS"/slurmd.pid "$PIDS"/slurmd-*.pid; do
+        [ -e "$pidfile" ] && stop_daemon "$(basename "$pidfile" .pid)"
+    done
+    return 0
 }
 
 down() {
     export PATH=$PATH:/usr/sbin
     # Jobs first, so that nothing keeps running after its daemons are gone.
     if alive slurmctld; then SLURM_CONF=$CONF scancel --full --quiet --user="$(id -un)" 2>/dev/null || true; fi
-    stop_daemon slurmd
+    stop_slurmds
     stop_daemon slurmctld
     stop_daemon munged
     if [ -e "$PIDS/etc-link" ]; then
@@ -200,7 +265,7 @@ down() {
 
 status() {
     local name rc=0
-    for name in munged slurmctld slurmd; do
+    for name in munged slurmctld $(slurmds); do
         if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name.pid"))"
         elif [ "$name" = munged ] && munge_works; then echo "munged: running (not started by this script)"
         else echo "$name: stopped"; rc=1; fi

@@ -105,6 +105,7 @@ class Preemption(Callback):
         self._install()
 
     def on_train_start(self, trainer, pl_module) -> None:
+        check_same_start(trainer, pl_module, self.path.parent)
         self._install()
         self._step = trainer.global_step
 
@@ -133,6 +134,23 @@ class Preemption(Callback):
             if handler is not None:
                 signal.signal(sig, handler)
         self._previous = {}
+
+
+def check_same_start(trainer, pl_module, scratch: Path) -> None:
+    """Every process must start from the same step; they do not when some found no checkpoint to resume from.
+
+    That happens on several nodes when ``--scratch`` is node-local: only rank 0
+    writes checkpoints, so the other nodes would start over while it resumes,
+    and the processes would wait for each other forever.
+    """
+    if trainer.world_size == 1:
+        return
+    step = torch.tensor(trainer.global_step, device=pl_module.device)
+    first, last = (int(trainer.strategy.reduce(step.clone(), reduce_op=op)) for op in ("min", "max"))
+    if first != last:
+        raise ValueError(f"--scratch {scratch}: the processes start at different steps ({first} to {last}): rank 0 "
+                         "writes the checkpoints, so every node must see the same --scratch folder (a shared "
+                         "filesystem, not a node-local disk)")
 
 
 class Finished(Callback):

@@ -154,6 +154,28 @@ def check_train_values(tp: dict) -> None:
                          "never validate, so never stop early; lower val_check_interval or set the patience to null")
 
 
+NODE_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK")
+
+
+def check_node_launch(tp: dict, trainer) -> None:
+    """Several nodes outside Slurm and torchrun: refuse to start without the variables that let the nodes meet.
+
+    Without them this process would wait for the other nodes until the process
+    group times out (30 minutes), as no node knows where to find node 0.
+    """
+    from lightning_fabric.plugins.environments import LightningEnvironment
+
+    if tp["num_nodes"] == 1 or type(getattr(trainer.strategy, "cluster_environment", None)) is not LightningEnvironment:
+        return
+    given = {*os.environ, *(["NODE_RANK"] if "GROUP_RANK" in os.environ else [])}  # Lightning reads either
+    missing = [name for name in NODE_LAUNCH_VARIABLES if name not in given]
+    if missing:
+        raise ValueError(f"train.num_nodes is {tp['num_nodes']} but the environment lacks {', '.join(missing)}: "
+                         "start the same command on every node with MASTER_ADDR (node 0's address), MASTER_PORT "
+                         "(a free port on node 0) and NODE_RANK (0 on node 0, 1, ... on the others), or under Slurm "
+                         "with srun (docs/training.md); for one node set train.num_nodes to 1")
+
+
 def cpu_threads(params: dict, style: str) -> int:
     """Set and return the number of threads torch computes with on the CPU.
 
@@ -237,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
     # curves first: a preempted step is recorded before the checkpoint is written
     trainer = trainer_from_params(tp, args.scratch, [curves, preemption, finished], loggers)
+    check_node_launch(tp, trainer)
 
     module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network, data=args.data)
     resume, others = find_checkpoints(args.scratch, fp)
