@@ -143,3 +143,17 @@ def test_two_sources_or_none_say_so(tmp_path, where, value, message):
         load_params([_write(tmp_path, params)])
     assert message in str(err.value)
     assert str(tmp_path / "p.yaml") in str(err.value)
+
+
+@pytest.mark.parametrize("key, text", [("train.max_steps", "4e4"), ("train.val_images", "16.0"),
+                                       ("styles.waves.val_check_interval", "2e3")])
+def test_a_count_written_as_a_float_is_refused_naming_the_key(tmp_path, key, text):
+    """Integer values must be whole numbers as YAML reads them: 4e4 (YAML 1.2, as `dvc exp run -S` writes it)
+    and 16.0 are floats, which Lightning and the data loaders refuse or misread far from the params."""
+    params = tiny_params_dict()
+    section, *_, name = key.split(".")
+    (params["train"] if section == "train" else params["styles"]["waves"])[name] = "PLACEHOLDER"
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(params).replace("PLACEHOLDER", text))
+    with pytest.raises(ParamsError, match=rf"key {key}: .*not of type 'integer' \(write a whole number .*\)"):
+        load_params([path])

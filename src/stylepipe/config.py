@@ -149,7 +149,20 @@ def _hint(error: "jsonschema.ValidationError") -> str:
     # every unquoted number is read as one (ParamsLoader), so this one was quoted
     if isinstance(error.instance, str) and _NUMBER_LIKE.match(error.instance):
         return " (a number in quotes is text: remove the quotes)"
+    if isinstance(error.instance, float) and error.instance.is_integer():
+        return f" (write a whole number without a dot or an exponent: {int(error.instance)})"
     return ""
+
+
+def _validator(schema: dict) -> "jsonschema.protocols.Validator":
+    """A validator of ``schema`` whose integers are whole numbers as YAML reads them, not floats such as 4e4
+    or 16.0 (JSON Schema counts those as integers; Lightning and the data loaders refuse or misread them)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)(schema)
 
 
 def _describe(error: "jsonschema.ValidationError") -> str:
@@ -192,8 +205,7 @@ def validate(params: Mapping, source: str = "params") -> None:
             raise ParamsError(f"{source}: {problem}")
 
     schema = _schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    errors = sorted(_validator(schema).iter_errors(params), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         # the deepest error is usually the most specific one
         best = jsonschema.exceptions.best_match(errors)
@@ -210,7 +222,7 @@ def validate(params: Mapping, source: str = "params") -> None:
             (overrides, train_schema, "override of a train value"),
             (entry.get("resources", {}), resources_schema, "resources"),
         ):
-            errs = list(jsonschema.Draft202012Validator(sub_schema).iter_errors(sub))
+            errs = list(_validator(sub_schema).iter_errors(sub))
             if errs:
                 err = jsonschema.exceptions.best_match(errs)
                 inner = _key_path(err)
