@@ -295,3 +295,25 @@ def test_cli_extract_refuses_escaping_zip(server, tmp_path, capsys):
     assert rc == 2
     assert "escapes the target folder" in capsys.readouterr().err
     assert not (tmp_path / "content").exists()
+
+
+def test_a_shared_cache_downloads_each_file_once_at_a_time(server, tmp_path, capsys):
+    """Two processes filling one cache ($STYLEPIPE_DOWNLOADS): the second waits for the first's lock, then
+    reuses its verified file; it never appends to the same .part."""
+    import fcntl
+
+    out = tmp_path / "cache" / "data.bin"
+    out.parent.mkdir()
+    result: list = []
+    with open(out.parent / ".data.bin.lock", "a") as held:  # the other process, downloading
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: result.append(
+            download(f"{server}/ok/data.bin", out, sha256=SHA256, progress=False, lock=True)))
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive() and not out.with_name("data.bin.part").exists() and Handler.requests == []
+        out.write_bytes(PAYLOAD)  # what the other process leaves: the verified file
+    waiter.join(timeout=30)
+    assert result == [out] and out.read_bytes() == PAYLOAD
+    assert Handler.requests == []  # reused, not downloaded again
+    assert "waiting for another process downloading" in capsys.readouterr().err

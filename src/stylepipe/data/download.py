@@ -19,6 +19,7 @@ Only the standard library's urllib is used (``http``, ``https``, ``file`` URLs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import os
@@ -30,8 +31,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: downloads there are not locked
+    fcntl = None
 
 from stylepipe import __version__
 
@@ -188,12 +195,15 @@ def download(
     backoff: float = 1.0,
     timeout: float = 60.0,
     progress: bool = True,
+    lock: bool = False,
 ) -> Path:
     """Download ``url`` to ``output`` (resume, retry, verify, atomic rename).
 
     With ``extract=True``, ``output`` is a folder: the archive is downloaded to
     ``archive`` (default ``download_cache()/<host>/<URL path>``) and
     unpacked into ``output`` atomically. An existing verified file is reused.
+    ``lock``: ``output`` is in a cache other processes may be filling (see
+    :func:`_exclusive`).
     """
     output = Path(output)
     check = _checksum(md5, sha256)
@@ -205,7 +215,36 @@ def download(
                  timeout=timeout, progress=progress)
         extract_archive(archive, output, progress=progress)
         return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(output, url) if lock else contextlib.nullcontext():
+        return _download_one(url, output, check, retries, backoff, timeout, progress)
 
+
+@contextlib.contextmanager
+def _exclusive(output: Path, url: str) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``output`` (kept): one download of a file at a time.
+
+    The download cache may be shared (``$STYLEPIPE_DOWNLOADS``: queued DVC
+    experiments, clones, users of one filesystem); two processes appending
+    to one ``.part`` would corrupt it. The second waits, then finds the file
+    verified and reuses it. Where the filesystem has no locks, nothing is held.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(output.with_name(f".{output.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"download {url}: waiting for another process downloading {output}", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # e.g. a filesystem without locks: proceed as before
+            pass
+        yield  # closing the file releases the lock
+
+
+def _download_one(url: str, output: Path, check: tuple[str, str] | None, retries: int, backoff: float,
+                     timeout: float, progress: bool) -> Path:
     if output.is_file():
         ok, actual = _matches(output, check, progress)
         if ok:
@@ -219,7 +258,6 @@ def download(
             f"It was left as it is and nothing was downloaded. Move it away (or delete it) and run again to "
             f"download the file, or fix the checksum if it is out of date (in params.yaml, if it came from there)."
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
     local = _local_path(url)
     if local is not None and not local.is_file():
         # retrying cannot make a local file appear

@@ -105,7 +105,8 @@ def _image_from_source(source: Mapping, key: str, downloads: Path, seed: int) ->
     try:
         if "url" in source:
             path = download(
-                source["url"], cache_path(source["url"], downloads), md5=source.get("md5"), sha256=source.get("sha256")
+                source["url"], cache_path(source["url"], downloads), md5=source.get("md5"), sha256=source.get("sha256"),
+                lock=True,
             )
             try:
                 return load_rgb(path)
@@ -256,7 +257,7 @@ def fetch_content(params: Mapping, output: Path, downloads: Path | None = None) 
     if "url" in content:
         archive = cache_path(content["url"], downloads)
         try:
-            download(content["url"], archive, md5=content.get("md5"), sha256=content.get("sha256"))
+            download(content["url"], archive, md5=content.get("md5"), sha256=content.get("sha256"), lock=True)
             if zipfile.is_zipfile(archive):
                 with atomic_path(output) as tmp:
                     tmp.unlink()
@@ -292,7 +293,7 @@ def fetch_loss_network(params: Mapping, output: Path, downloads: Path | None = N
     else:
         path = cache_path(spec["url"], downloads)
         try:
-            download(spec["url"], path, sha256=spec["sha256"])
+            download(spec["url"], path, sha256=spec["sha256"], lock=True)
         except DownloadError as err:
             raise SourceError(f"key loss_network.url: {err}") from err
         full = torch.load(path, map_location="cpu", weights_only=True)
