@@ -395,8 +395,8 @@ def test_the_pixel_limit_can_be_raised_above_pillow_s(images, tmp_path, monkeypa
         load_rgb(images / "d.png")
 
 
-@pytest.mark.parametrize("orientation", [1, 6])
-def test_a_large_jpeg_is_decoded_at_a_reduced_scale_for_max_size(models, tmp_path, orientation):
+@pytest.mark.parametrize("orientation, fmt", [(1, "JPEG"), (6, "JPEG"), (1, "MPO")])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_for_max_size(models, tmp_path, orientation, fmt):
     """A photo far larger than --max-size is decoded in the DCT domain at >= 2x the target, not at full size."""
     from stylepipe.data.images import load_rgb_and_alpha
 
@@ -408,7 +408,9 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_for_max_size(models, tmp_pat
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / "photo.jpg"
-    Image.fromarray(rgb).save(path, quality=95, exif=exif)
+    photo = Image.fromarray(rgb)  # MPO: a phone's multi-picture JPEG (here with a thumbnail frame)
+    frames = {"save_all": True, "append_images": [photo.resize((160, 120))]} if fmt == "MPO" else {}
+    photo.save(path, format=fmt, quality=95, exif=exif, **frames)
     upright_size = (w, h) if orientation == 1 else (h, w)
     size = target_size(upright_size, max_size=160)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 # Pillow's own default (~89.5 M pixels, e.g. 9,459 × 9,459). Larger images are
 # refused as possible decompression bombs; override with STYLEPIPE_MAX_IMAGE_PIXELS
@@ -283,7 +283,7 @@ def load_rgb_and_alpha(path: str | Path, *, max_pixels: int | None = None,
 def _load_upright(path: str | Path, max_pixels: int | None, for_size: tuple[int, int] | None = None) -> Image.Image:
     image = open_image(path, max_pixels=max_pixels)
     try:
-        if for_size is not None and image.format == "JPEG":
+        if for_size is not None and is_jpeg(image):
             width, height = for_size
             if _exif_orientation(image) in _QUARTER_TURNS:
                 width, height = height, width  # the file's pixels are stored before the rotation
@@ -328,6 +328,11 @@ def rgb_icc_profile(image: Image.Image) -> bytes | None:
     profile = image.info.get("icc_profile")
     # the ICC header's data colour space field, bytes 16-19
     return profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None
+
+
+def is_jpeg(image: Image.Image) -> bool:
+    """A JPEG, MPO included (the multi-picture JPEG of many phones and cameras): it can be decoded scaled down."""
+    return isinstance(image, JpegImagePlugin.JpegImageFile)
 
 
 EXIF_ORIENTATION = 0x0112

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stylepipe.data.images import ImageError, decode, jpeg_frame, open_image, pixel_limit, to_rgb, upright
+from stylepipe.data.images import ImageError, decode, is_jpeg, jpeg_frame, open_image, pixel_limit, to_rgb, upright
 from stylepipe.data.shards import ShardWriter, atomic_directory
 
 RESAMPLE = "bilinear, antialiased (torch.nn.functional.interpolate), short side to N then centre crop N x N"
@@ -197,11 +197,11 @@ def resize_file(
     image = open_image(path, max_pixels=max_pixels, data=data)
     try:
         short = min(image.size)
-        if image.format == "JPEG":
+        if is_jpeg(image):
             if short >= 4 * size:
                 # DCT-domain downscale by 2, 4 or 8; keeps the short side >= 2 * size
                 image.draft(None, (2 * size, 2 * size))
-            elif image.mode in ("RGB", "L") and decoder is not None:
+            elif image.format == "JPEG" and image.mode in ("RGB", "L") and decoder is not None:
                 image.close()
                 return _crop_resize(_decode_jpeg_tensor(path, decoder, data), size)
         decode(image, path)
