@@ -27,7 +27,8 @@ import time
 import zipfile
 from pathlib import Path
 
-import yaml
+from stylepipe.config import parse_yaml
+
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -108,7 +109,7 @@ def main() -> None:
                 shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             else:
                 shutil.copy(src, root / name)
-        params = yaml.safe_load((root / "params.yaml").read_text())
+        params = parse_yaml((root / "params.yaml").read_text())
         print(f"workspace: default params.yaml, {len(params['styles'])} styles, {args.entries:,} content images", flush=True)
         fake_outputs(root, params, args.entries)
         run(root, "git", "init", "-q")

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from stylepipe.config import parse_yaml
 from stylepipe.models.transformer import TransformerNet
 from stylepipe.models.vgg import random_state_dict
 from train_throughput import Ours, Reference
@@ -158,7 +158,7 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
     from stylepipe.train import build_trainer
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    tp = dict(yaml.safe_load((REPO / "params.yaml").read_text())["train"])
+    tp = dict(parse_yaml((REPO / "params.yaml").read_text())["train"])
     warmup, steps = 10, max(20, 4 * args.images // batch_size)
     tp.update(batch_size=batch_size, max_steps=warmup + steps, epochs=1, val_check_interval=10**6,
               checkpoint_every_n_steps=10**6, val_images=batch_size, deterministic=deterministic,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
+from stylepipe.config import parse_yaml
 from stylepipe.models.transformer import TransformerNet
 from stylepipe.models.vgg import random_state_dict
 from stylepipe.module import StyleTransferModule
@@ -186,7 +186,7 @@ def main() -> None:
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
-    train = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    train = parse_yaml((REPO / "params.yaml").read_text())["train"]
     default = (train["precision"] == "bf16-mixed", bool(train["channels_last"]))
     args.size = args.size or int(train["image_size"])
     vgg_state = {k[len("features."):]: v for k, v in random_state_dict(0).items()}
