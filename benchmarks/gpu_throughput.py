@@ -227,7 +227,7 @@ def determinism_section(args, device, vgg_state, style, batch_size: int = 16, st
 
 
 def stylize_section(args, device) -> None:
-    from stylepipe.stylize import load_runner
+    from stylepipe.stylize.runners import load_runner
 
     torch.manual_seed(0)
     net = TransformerNet().eval()

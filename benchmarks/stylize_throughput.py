@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from stylepipe.models.transformer import TransformerNet
-from stylepipe.stylize import load_runner, pick_device
+from stylepipe.stylize.runners import load_runner, pick_device
 
 
 def main() -> None:

@@ -156,7 +156,8 @@ def test_same_inputs_and_source_deps(snakemake_jobs, dvc_stages):
             assert any(_covers(dep, path) for path in inputs), f"{name}: DVC dep {dep} not a Snakemake input"
         # the stage depends on the module that runs its command, and those files exist
         command = stage["cmd"].split()[1]
-        module_file = "src/" + COMMANDS[command][0].replace(".", "/") + ".py"
+        module = "src/" + COMMANDS[command][0].replace(".", "/")
+        module_file = module if (REPO / module).is_dir() else module + ".py"  # a package: its whole folder
         assert any(_covers(dep, module_file) for dep in src), f"{name}: {module_file} not among its deps"
         for dep in src:
             assert (REPO / dep).exists(), f"{name}: dependency {dep} does not exist"

@@ -11,8 +11,10 @@ from PIL import Image
 from stylepipe import cli
 from stylepipe.export import export_onnx
 from stylepipe.models.transformer import TransformerNet
-from stylepipe import stylize
-from stylepipe.stylize import expand_inputs, load_runner, preserve_color, resolve_precision, stylize_files, target_size
+from stylepipe.stylize import runners, stylize_files
+from stylepipe.stylize.colour import preserve_color
+from stylepipe.stylize.inputs import expand_inputs, target_size
+from stylepipe.stylize.runners import load_runner, resolve_precision
 
 FP32 = ["--device", "cpu", "--engine", "torch", "--precision", "fp32"]
 
@@ -137,7 +139,7 @@ def test_bf16_output_close_to_fp32(photo_model, tmp_path):
 def test_precision_auto(monkeypatch, photo_model):
     pth, _ = photo_model
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(stylize, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(runners, "native_bf16_cpu", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("auto", cpu, engine="onnxruntime") == "fp32"
     assert resolve_precision("auto", cpu, onnx_model=True) == "fp32"
@@ -147,7 +149,7 @@ def test_precision_auto(monkeypatch, photo_model):
     assert (runner.engine, runner.precision) == ("torch", "bf16")
     assert (load_runner(pth, "cpu", precision="fp32").engine, load_runner(pth, "cpu", engine="onnxruntime").precision) \
         == ("onnxruntime", "fp32")
-    monkeypatch.setattr(stylize, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(runners, "native_bf16_cpu", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     runner = load_runner(pth, "cpu")
     assert (runner.engine, runner.precision) == ("onnxruntime", "fp32")
@@ -158,14 +160,14 @@ def test_precision_auto(monkeypatch, photo_model):
 def test_native_bf16_check_without_the_private_helpers(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert stylize.native_bf16_cpu() is False
+    assert runners.native_bf16_cpu() is False
 
     def broken():
         raise RuntimeError("no cpuinfo")
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert stylize.native_bf16_cpu() is True
+    assert runners.native_bf16_cpu() is True
 
 
 def test_bf16_errors_name_the_model_and_flag(models, images, tmp_path, capsys):

@@ -156,7 +156,7 @@ def stylize_speed(runner: Callable[[torch.Tensor], torch.Tensor], size: int, ima
     figure is the command's own speed; its results come back on the CPU, which
     waits for a GPU to finish.
     """
-    from stylepipe.stylize import stylize_tensor
+    from stylepipe.stylize.runners import stylize_tensor
 
     generator = torch.Generator().manual_seed(seed)
     batch = torch.randint(0, 256, (images + WARMUP_IMAGES, 1, 3, size, size), generator=generator).float()
@@ -184,7 +184,7 @@ def _train_summary(path: Path) -> dict:
 def evaluate(args: argparse.Namespace) -> tuple[dict, dict | None]:
     """(metrics, speed): the reproducible measurements, and the throughput (None without ``--speed``)."""
     from stylepipe.models.transformer import load_transformer
-    from stylepipe.stylize import load_runner
+    from stylepipe.stylize.runners import load_runner
 
     params = load_params(args.params)
     train = train_params(params, args.style)
