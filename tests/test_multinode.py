@@ -150,3 +150,11 @@ def test_two_nodes_train_what_two_devices_on_one_node_train(setup):
     attempts = (setup / "cut" / "scratch" / "attempts.log").read_text()
     assert "interrupted by SIGTERM" in attempts and "resuming from" in attempts, attempts
     assert_identical(run / "waves.pth", setup / "cut" / "waves.pth")
+
+    # the same with a finished run's checkpoint on node 0 alone: it would stop at once, node 1 start over
+    (local / "done0").mkdir()
+    (local / "done0" / "final.ckpt").write_bytes((setup / "cut" / "scratch" / "final.ckpt").read_bytes())
+    done = Nodes([node_command(setup, "done", nodes_params, scratch=local / f"done{rank}") for rank in (0, 1)],
+                 setup / "done-logs")
+    assert done.wait() == [2, 2], done.output()
+    assert "every node must see the same --scratch folder" in done.output(1)

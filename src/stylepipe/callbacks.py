@@ -9,6 +9,8 @@
   trains no further.
 - ``PeriodicCheckpoint``: Lightning's ModelCheckpoint every N steps, written
   after the validation at a step that validates.
+- ``SameStart``: with several processes, stops them all unless each resumes
+  from the same checkpoint (a ``--scratch`` every node sees).
 
 Only ``stylepipe train`` imports this module, once its arguments and params
 are checked: it imports Lightning, which ``stylepipe --help``, the other
@@ -22,6 +24,7 @@ import csv
 import signal
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -105,7 +108,6 @@ class Preemption(Callback):
         self._install()
 
     def on_train_start(self, trainer, pl_module) -> None:
-        check_same_start(trainer, pl_module, self.path.parent)
         self._install()
         self._step = trainer.global_step
 
@@ -136,21 +138,30 @@ class Preemption(Callback):
         self._previous = {}
 
 
-def check_same_start(trainer, pl_module, scratch: Path) -> None:
-    """Every process must start from the same step; they do not when some found no checkpoint to resume from.
+class SameStart(Callback):
+    """Every process must resume from the same checkpoint (or none); stop all of them with an error otherwise.
 
-    That happens on several nodes when ``--scratch`` is node-local: only rank 0
-    writes checkpoints, so the other nodes would start over while it resumes,
-    and the processes would wait for each other forever.
+    They do not when ``--scratch`` is node-local on several nodes: only rank 0
+    writes checkpoints, so the other nodes would start over while it resumes
+    (or, its run finished, stops at once), and the processes would wait for
+    each other forever. Checked at setup, once the processes can talk and
+    before any of them restores a checkpoint. Set ``checkpoint`` before fit.
     """
-    if trainer.world_size == 1:
-        return
-    step = torch.tensor(trainer.global_step, device=pl_module.device)
-    first, last = (int(trainer.strategy.reduce(step.clone(), reduce_op=op)) for op in ("min", "max"))
-    if first != last:
-        raise ValueError(f"--scratch {scratch}: the processes start at different steps ({first} to {last}): rank 0 "
-                         "writes the checkpoints, so every node must see the same --scratch folder (a shared "
-                         "filesystem, not a node-local disk)")
+
+    def __init__(self, scratch: Path):
+        self.scratch = scratch
+        self.checkpoint: Path | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size == 1:
+            return
+        name = "none" if self.checkpoint is None else self.checkpoint.name
+        mine = torch.tensor(zlib.crc32(name.encode()), dtype=torch.int64, device=trainer.strategy.root_device)
+        first, last = (int(trainer.strategy.reduce(mine.clone(), reduce_op=op)) for op in ("min", "max"))
+        if first != last:
+            raise ValueError(f"--scratch {self.scratch}: the processes would not resume from the same checkpoint "
+                             f"(this one: {name}): rank 0 writes the checkpoints, so every node must see the same "
+                             "--scratch folder (a shared filesystem, not a node-local disk)")
 
 
 class Finished(Callback):

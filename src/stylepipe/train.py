@@ -221,8 +221,8 @@ def run(args: argparse.Namespace) -> int:
     from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from stylepipe.callbacks import (VAL_CURVE_COLUMNS, Curves, Finished, Preempted, Preemption, signal_handlers_kept,
-                                     write_curves)
+    from stylepipe.callbacks import (VAL_CURVE_COLUMNS, Curves, Finished, Preempted, Preemption, SameStart,
+                                     signal_handlers_kept, write_curves)
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.models.vgg import load_features_state
     from stylepipe.module import StyleTransferModule, load_style_image
@@ -258,11 +258,13 @@ def run(args: argparse.Namespace) -> int:
     curves, finished = Curves(tp["log_every_n_steps"]), Finished()
     loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
     # curves first: a preempted step is recorded before the checkpoint is written
-    trainer = trainer_from_params(tp, args.scratch, [curves, preemption, finished], loggers)
+    same_start = SameStart(args.scratch)
+    trainer = trainer_from_params(tp, args.scratch, [same_start, curves, preemption, finished], loggers)
     check_node_launch(tp, trainer)
 
     module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network, data=args.data)
     resume, others = find_checkpoints(args.scratch, fp)
+    same_start.checkpoint = resume
     if trainer.is_global_zero:
         set_aside(args.scratch, others)
         if resume is not None:
