@@ -99,6 +99,14 @@ def test_several_nodes_without_the_launch_variables_stop_at_once(setup, capsys, 
     assert "train.num_nodes is 2 but the environment lacks MASTER_ADDR, MASTER_PORT, NODE_RANK" in line, line
     assert not (setup / "unlaunched" / "scratch" / "attempts.log").exists()
 
+    # a node numbered past the last one would wait for the others as long
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("NODE_RANK", "2")
+    assert cli.main(node_command(setup, "unlaunched", params)[1:]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stylepipe train: error:")]
+    assert "NODE_RANK is '2' but train.num_nodes is 2: number the nodes 0 to 1" in line, line
+
 
 @pytest.mark.slow
 def test_two_nodes_train_what_two_devices_on_one_node_train(setup):

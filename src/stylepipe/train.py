@@ -174,6 +174,12 @@ def check_node_launch(tp: dict, trainer) -> None:
                          "start the same command on every node with MASTER_ADDR (node 0's address), MASTER_PORT "
                          "(a free port on node 0) and NODE_RANK (0 on node 0, 1, ... on the others), or under Slurm "
                          "with srun (docs/training.md); for one node set train.num_nodes to 1")
+    # a rank past the last node would wait for a process group it can never join
+    name = "NODE_RANK" if "NODE_RANK" in os.environ else "GROUP_RANK"
+    rank = os.environ[name]
+    if not (rank.isdigit() and int(rank) < tp["num_nodes"]):
+        raise ValueError(f"{name} is {rank!r} but train.num_nodes is {tp['num_nodes']}: number the nodes 0 to "
+                         f"{tp['num_nodes'] - 1} (0 on the node MASTER_ADDR names)")
 
 
 def cpu_threads(params: dict, style: str) -> int:
