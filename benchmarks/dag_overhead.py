@@ -73,7 +73,8 @@ def fake_outputs(root: Path, params: dict, entries: int) -> None:
             (root / rel).write_bytes(rel.encode())
         (root / f"results/train/{style}").mkdir(parents=True)
         (root / f"results/train/{style}/summary.json").write_text("{}")
-        (root / f"results/train/{style}/curves.csv").write_text("step,content_loss,style_loss,tv_loss,total_loss\n")
+        for curves in ("curves.csv", "val_curves.csv"):
+            (root / f"results/train/{style}/{curves}").write_text("step,content_loss,style_loss,tv_loss,total_loss\n")
         (root / f"results/stylized/{style}").mkdir(parents=True)
         for item in params["data"]["eval"]:
             (root / f"results/stylized/{style}/{item['name']}.png").write_bytes(style.encode())
@@ -84,6 +85,7 @@ def fake_outputs(root: Path, params: dict, entries: int) -> None:
         (root / f"results/speed/{style}.json").write_text(json.dumps({"stylize_images_per_s": 1.0}))
     (root / "results/metrics.json").write_text(json.dumps(metrics))
     (root / "results/gallery.png").write_bytes(b"gallery")
+    (root / "results/curves.svg").write_text("<svg/>")
 
 
 def best_of(root: Path, repeat: int, *cmd: str) -> tuple[float, str]:

@@ -305,6 +305,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # `make bench` runs every benchmark; on a machine without a GPU this one has nothing to measure
+        print("gpu_throughput: skipped, no CUDA device (`--device cpu` runs it on the CPU as a smoke test)")
+        return
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     RESULTS["device"] = name
     log(f"device {name}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {os.cpu_count()} CPUs")
