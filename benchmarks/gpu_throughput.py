@@ -144,8 +144,9 @@ def compile_section(args, device, vgg_state, style, batch_size: int, cudnn_bench
     torch.backends.cudnn.benchmark = False
 
 
-def trainer_section(args, device, vgg_state, style, batch_size: int, deterministic: bool) -> None:
-    """The Trainer `stylepipe train` builds, fed by the DataModule from shards, timed after warm-up steps."""
+def trainer_section(args, device, vgg_state, style, batch_size: int, deterministic: bool, compile: bool = False) -> None:
+    """The Trainer `stylepipe train` builds, fed by the DataModule from shards, timed after warm-up steps
+    (with ``compile``, as `compile: true` trains: its first, compiling step is among the warm-up steps)."""
     import logging
 
     import pytorch_lightning as pl
@@ -162,7 +163,7 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
     warmup, steps = 10, max(20, 4 * args.images // batch_size)
     tp.update(batch_size=batch_size, max_steps=warmup + steps, epochs=1, val_check_interval=10**6,
               checkpoint_every_n_steps=10**6, val_images=batch_size, deterministic=deterministic,
-              num_workers=min(8, os.cpu_count() or 1), accelerator=device.type)
+              num_workers=min(8, os.cpu_count() or 1), accelerator=device.type, compile=compile)
 
     class Clock(pl.Callback):
         def on_train_batch_end(self, trainer, *_):
@@ -184,6 +185,8 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
         writer.close()
         torch.backends.cudnn.benchmark = not deterministic  # Lightning keeps it unless deterministic
         module = StyleTransferModule(style, vgg_state, channels_last=tp["channels_last"])
+        if compile:
+            module.compile_losses()  # as `stylepipe train` does for `compile: true`
         datamodule = ContentDataModule(data, args.size, batch_size, tp["val_images"], 0, tp["num_workers"])
         clock = Clock()
         scratch = Path(tmp) / "scratch"
@@ -195,8 +198,8 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.deterministic = torch.backends.cudnn.benchmark = False
     RESULTS["trainer"].append({"batch_size": batch_size, "precision": tp["precision"], "deterministic": deterministic,
-                               "num_workers": tp["num_workers"], "images_per_s": rate})
-    log(f"Trainer ({tp['precision']}, deterministic={deterministic}), batch {batch_size}, "
+                               "num_workers": tp["num_workers"], "compile": compile, "images_per_s": rate})
+    log(f"Trainer ({tp['precision']}, deterministic={deterministic}, compile={compile}), batch {batch_size}, "
         f"{tp['num_workers']} loader workers: {rate:.1f} images/s")
 
 
@@ -276,7 +279,8 @@ def summary(args) -> None:
         print(f"torch.compile ({r['compiled']}), batch {r['batch_size']}: {r['images_per_s']:.1f} images/s "
               f"(first step {r['compile_s']} s)")
     for r in RESULTS["trainer"]:
-        print(f"Trainer (stylepipe train's), {r['precision']}, deterministic={r['deterministic']}, batch {r['batch_size']}: "
+        print(f"Trainer (stylepipe train's), {r['precision']}, deterministic={r['deterministic']}, "
+              f"compile={r['compile']}, batch {r['batch_size']}: "
               f"{r['images_per_s']:.1f} training images/s")
     if RESULTS["determinism"]:
         print(f"torch.use_deterministic_algorithms(True), bf16 autocast + CL: {RESULTS['determinism']}")
@@ -287,7 +291,7 @@ def summary(args) -> None:
     for r in RESULTS["trainer"]:
         for batch, label in ((4, "pytorch/examples' batch 4"), (r["batch_size"], "the same batch")):
             if batch in ref:
-                print(f"Trainer deterministic={r['deterministic']} vs reference at {label}: "
+                print(f"Trainer deterministic={r['deterministic']}, compile={r['compile']} vs reference at {label}: "
                       f"{r['images_per_s'] / ref[batch]:.2f}x")
 
 
@@ -325,6 +329,8 @@ def main() -> None:
             stylize_section(args, device)
         if not args.no_compile:
             compile_section(args, device, vgg_state, style, best_batch, cudnn_benchmark)
+            if not out_of_time(args.budget, "Trainer with compile: true"):
+                trainer_section(args, device, vgg_state, style, best_batch, deterministic=False, compile=True)
     finally:
         if args.json:
             args.json.write_text(json.dumps(RESULTS, indent=2))
