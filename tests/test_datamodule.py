@@ -22,9 +22,12 @@ def test_a_folder_trains_on_what_its_shards_hold(tmp_path):
     (folder / "._f.png").write_bytes(b"\0\5\26\7 AppleDouble")  # macOS metadata beside a copied image
     resize_folder(folder, tmp_path / "shards", 16)
     batches = {}
-    for data in (folder, tmp_path / "shards"):
-        dm = ContentDataModule(data, image_size=16, batch_size=2, val_images=2, seed=5)
+    # worker processes change nothing either: the sampler runs in the main process, decoding has no randomness
+    for data, workers in ((folder, 0), (tmp_path / "shards", 0), (folder, 2)):
+        dm = ContentDataModule(data, image_size=16, batch_size=2, val_images=2, seed=5, num_workers=workers)
         dm.setup("fit")
-        batches[data] = [*dm.train_dataloader(), *dm.val_dataloader()]
-    assert [b.shape[0] for b in batches[folder]] == [2, 2, 2]
-    assert all(torch.equal(a, b) for a, b in zip(*batches.values()))
+        batches[data, workers] = [*dm.train_dataloader(), *dm.val_dataloader()]
+    first, *others = batches.values()
+    assert [b.shape[0] for b in first] == [2, 2, 2]
+    for other in others:
+        assert len(other) == len(first) and all(torch.equal(a, b) for a, b in zip(first, other))
