@@ -327,3 +327,88 @@ def test_report_names_missing_or_broken_curves(run, tmp_path):
 
     proc = _report(run, tmp_path / "out", styles, "--curves", str(tmp_path / "c.svg"))
     assert proc.returncode == 2 and "--curves needs --train-dir" in proc.stderr
+
+
+def _evaluate_here(run: Path, eval_dir: Path, stylized: Path, out: Path, capsys, model: Path | None = None):
+    """`stylepipe evaluate` of waves in this process: (exit status, stderr, metrics or None)."""
+    from stylepipe.cli import main
+
+    capsys.readouterr()
+    status = main([
+        "evaluate", "--params", str(run / "params.yaml"), "--style", "waves",
+        "--model", str(model or run / "waves.pth"), "--eval-images", str(eval_dir), "--stylized", str(stylized),
+        "--style-image", str(run / "styles" / "waves.png"), "--loss-network", str(run / "vgg.pth"),
+        "--train-summary", str(run / "waves-summary.json"), "--output", str(out),
+    ])
+    err = capsys.readouterr().err
+    return status, err, json.loads(out.read_text()) if status == 0 else None
+
+
+def test_evaluation_images_are_the_ones_stylize_reads(run, tmp_path, capsys):
+    """Hidden files (macOS's ._name copies) and subfolders are no evaluation images, for stylize as here."""
+    eval_dir, stylized = tmp_path / "eval", tmp_path / "stylized"
+    _image(eval_dir / "a.png", (24, 16), seed=1)
+    _image(stylized / "a.png", (24, 16), seed=2)
+    (eval_dir / "._a.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    _image(eval_dir / "more" / "b.png", (24, 16), seed=3)
+    status, err, metrics = _evaluate_here(run, eval_dir, stylized, tmp_path / "m.json", capsys)
+    assert status == 0, err
+    assert metrics["eval_images"] == 1
+
+
+def test_two_evaluation_images_of_one_name_are_refused(run, tmp_path, capsys):
+    # stylize would write both to a.png: measuring both against it would count one stylization twice
+    eval_dir, stylized = tmp_path / "eval", tmp_path / "stylized"
+    _image(eval_dir / "a.png", (24, 16), seed=1)
+    _image(eval_dir / "A.jpg", (24, 16), seed=2)
+    _image(stylized / "a.png", (24, 16), seed=3)
+    status, err, _ = _evaluate_here(run, eval_dir, stylized, tmp_path / "m.json", capsys)
+    assert status == 2 and "A.jpg" in err and "a.png" in err and "rename one" in err, err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_stylized_images_that_are_not_their_content_images_are_refused(run, tmp_path, capsys):
+    eval_dir, stylized = tmp_path / "eval", tmp_path / "stylized"
+    _image(eval_dir / "a.png", (40, 30), seed=1)
+    _image(stylized / "a.png", (30, 40), seed=2)  # another picture's shape: never a rescaled stylization of a.png
+    status, err, _ = _evaluate_here(run, eval_dir, stylized, tmp_path / "m.json", capsys)
+    assert status == 2 and "30x40 px" in err and "40x30 px" in err and "stylepipe stylize" in err, err
+    # a broken stylized image says what to do too
+    (stylized / "a.png").write_bytes((eval_dir / "a.png").read_bytes()[:60])
+    status, err, _ = _evaluate_here(run, eval_dir, stylized, tmp_path / "m.json", capsys)
+    assert status == 2 and str(stylized / "a.png") in err and "stylepipe stylize` for this style again" in err, err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_images_too_small_for_the_loss_network_are_named(run, tmp_path, capsys):
+    # relu4_3 lies behind three 2x2 max-pools: under 8 px a side torch fails deep inside VGG
+    eval_dir, stylized = tmp_path / "eval", tmp_path / "stylized"
+    _image(eval_dir / "strip.png", (300, 5), seed=1)
+    _image(stylized / "strip.png", (256, 4), seed=2)  # stylize's --max-size 256
+    status, err, _ = _evaluate_here(run, eval_dir, stylized, tmp_path / "m.json", capsys)
+    assert status == 2 and "256x4 px, too small" in err and "at least 8 px" in err, err
+
+
+def test_content_is_measured_as_the_network_saw_it(run, tmp_path, capsys):
+    """A 'stylization' that is exactly the network's input (the content image shrunk by stylize's
+    --max-size, as stylize shrinks it) loses nothing to its content image."""
+    from stylepipe.stylize.inputs import load_content
+
+    eval_dir, stylized = tmp_path / "eval", tmp_path / "stylized"
+    _image(eval_dir / "a.png", (64, 48), seed=1)
+    stylized.mkdir()
+    load_content(eval_dir / "a.png", (32, 24)).rgb.save(stylized / "a.png")
+    status, err, metrics = _evaluate_here(run, eval_dir, stylized, tmp_path / "m.json", capsys)
+    assert status == 0, err
+    assert metrics["content_loss_unweighted"] == 0 and metrics["ssim"] == pytest.approx(1.0)
+
+
+def test_a_diverged_network_is_refused(run, tmp_path, capsys):
+    # its NaN outputs become black images, which would measure as finite numbers
+    state = torch.load(run / "waves.pth")
+    state["conv1.conv2d.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    status, err, _ = _evaluate_here(run, run / "eval", run / "stylized" / "waves", tmp_path / "m.json", capsys,
+                                    model=tmp_path / "nan.pth")
+    assert status == 2 and "nan.pth: 1 of its" in err and "diverged" in err, err
+    assert not (tmp_path / "m.json").exists()

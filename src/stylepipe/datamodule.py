@@ -3,7 +3,8 @@
 Two kinds of input: the shard directory `stylepipe resize` writes (a
 ``manifest.json`` beside memory-mapped shards, read with ``ShardReader``), or a
 plain folder of images (resized on the short side and centre-cropped on the
-fly). The last ``val_images`` images are held out for validation.
+fly, as `stylepipe resize` does: the same images, order and pixels as its
+shards). The last ``val_images`` images are held out for validation.
 
 Lightning 2.x restores model, optimizer and loop counters from a mid-epoch
 checkpoint but restarts the dataloader at the first batch of the epoch. The
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from stylepipe.data.images import ImageError, load_rgb  # the one decoder: EXIF, 16-bit, alpha on white, clear errors
@@ -35,13 +36,12 @@ def is_shard_dir(path: str | Path) -> bool:
 
 
 def list_images(folder: str | Path) -> list[Path]:
+    """The images under ``folder`` (recursively) as `stylepipe resize` takes them: hidden files and
+    folders left out, sorted by relative path, so a folder holds out the images its shards would."""
+    from stylepipe.data.resize import list_files
+
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def resize_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` (antialiased) and centre-crop a square."""
-    return ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+    return [folder / name for name in list_files(folder) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
 
 
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -49,7 +49,7 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
 
 
 class FolderImages(Dataset):
-    """A folder of images of any size → uint8 [3, size, size] tensors.
+    """A folder of images of any size → uint8 [3, size, size] tensors, as `stylepipe resize` makes them.
 
     Every image is decoded once up front: an unreadable one stops training
     before the first step, listed with the reason, instead of some steps in.
@@ -78,7 +78,10 @@ class FolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_uint8_tensor(resize_crop(load_rgb(self.paths[index]), self.size))
+        from stylepipe.data.resize import resize_file
+
+        # resize's own resampling: a folder trains on the pixels its shards would hold
+        return torch.from_numpy(resize_file(self.paths[index], self.size))
 
 
 class ShardImages(Dataset):

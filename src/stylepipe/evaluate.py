@@ -13,6 +13,14 @@ the photograph survives, and size what the network costs. Every value is a
 finite number, so ``dvc metrics diff`` can compare commits, and the same model
 and images give the same numbers, whatever the thread count.
 
+The evaluation images are the ones `stylepipe stylize` reads from the folder,
+each paired with the ``{stem}.png`` it writes; each is measured against its
+content image as the network saw it (resized to the stylized image's size as
+stylize resizes it). A stylized image that is not its content image at some
+scale, one too small for the loss network, an unreadable image and a network
+with NaN weights (stylize writes its NaN outputs as black images) are refused,
+naming the file and what to do.
+
 Throughput (training images/s and wall time from the training summary,
 stylizing images/s) changes from run to run, so it goes to a file of its own
 (``--speed``), which the pipeline keeps out of ``dvc metrics diff``.
@@ -30,7 +38,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
@@ -38,6 +45,9 @@ from stylepipe.config import load_params, train_params
 from stylepipe.io import read_json, write_json
 
 WARMUP_IMAGES = 2
+# what to do about an unreadable image, by kind
+STYLIZE_AGAIN = "run `stylepipe stylize` for this style again"
+FETCH_AGAIN = "fetch the evaluation images again (`stylepipe fetch eval`)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,29 +65,86 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(without it, stylizing speed is not measured)")
 
 
-def _load_uint8(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    from stylepipe.data.images import load_rgb
-
-    image = load_rgb(path)
-    if size is not None and image.size != size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
-
-
 def image_pairs(eval_dir: Path, stylized_dir: Path) -> list[tuple[Path, Path]]:
-    """(content image, stylized image) per evaluation image, matched by file stem."""
-    from stylepipe.datamodule import list_images
+    """(content image, stylized image) per evaluation image: the images `stylepipe stylize` reads from
+    ``eval_dir`` (its files, hidden ones left out) and the ``{stem}.png`` it writes for each."""
+    from stylepipe.stylize.inputs import expand_inputs
 
-    content = list_images(eval_dir)
-    if not content:
-        raise FileNotFoundError(f"{eval_dir}: no evaluation images; run `stylepipe fetch eval` first")
-    pairs = []
+    fetch = "run `stylepipe fetch eval` first (or pass the right --eval-images)"
+    if not eval_dir.is_dir():
+        raise FileNotFoundError(f"{eval_dir}: evaluation images folder not found; {fetch}")
+    try:
+        content = expand_inputs([eval_dir])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; {fetch}") from err
+    names: dict[str, Path] = {}
     for path in content:
-        stylized = stylized_dir / f"{path.stem}.png"
+        other = names.setdefault(f"{path.stem}.png".casefold(), path)
+        if other != path:
+            # stylize refuses such a folder; measuring both against one image would be wrong
+            raise ValueError(f"{other} and {path}: stylize writes both evaluation images to {path.stem}.png "
+                             "(one name, in any case, per image); rename one of them")
+    pairs = [(path, stylized_dir / f"{path.stem}.png") for path in content]
+    for _, stylized in pairs:
         if not stylized.is_file():
             raise FileNotFoundError(f"{stylized}: stylized image missing; run `stylepipe stylize` for this style first")
-        pairs.append((path, stylized))
     return pairs
+
+
+def smallest_side(net: torch.nn.Module) -> int:
+    """The fewest pixels an image may have on a side: each max-pool of the loss network halves it,
+    and SSIM needs a window of at least 3 pixels."""
+    pools = sum(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+    return max(2**pools, 3)
+
+
+def check_sizes(content: Path, stylized: Path, min_side: int) -> tuple[int, int]:
+    """The stylized image's (width, height), once it is known to be the content image at some scale
+    (stylize's --max-size or --scale) and large enough to measure."""
+    (cw, ch), (sw, sh) = _size(content, FETCH_AGAIN), _size(stylized, STYLIZE_AGAIN)
+    if not _same_picture_scaled((cw, ch), (sw, sh)):
+        raise ValueError(f"{stylized}: {sw}x{sh} px, but its evaluation image {content} is {cw}x{ch} px, not the "
+                         "same picture at another scale (a stylization of other or older images); stylize the "
+                         "evaluation images again with `stylepipe stylize`")
+    if min(sw, sh) < min_side:
+        raise ValueError(f"{stylized}: {sw}x{sh} px, too small to measure: the loss network needs at least "
+                         f"{min_side} px on each side; use a larger evaluation image than {content} "
+                         "(or a larger stylize.max_size)")
+    return sw, sh
+
+
+def _same_picture_scaled(content: tuple[int, int], stylized: tuple[int, int]) -> bool:
+    """Whether one factor f turns ``content`` into ``stylized`` as `stylepipe stylize` rounds:
+    max(1, round(side · f)) for both sides."""
+    low, high = 0.0, math.inf
+    for c, s in zip(content, stylized):
+        low = max(low, (s - 0.5) / c if s > 1 else 0.0)
+        high = min(high, (s + 0.5) / c)
+    return low <= high
+
+
+def _size(path: Path, fix: str) -> tuple[int, int]:
+    """(width, height) as displayed, from the header; an unreadable file is an ImageError that says ``fix``."""
+    from stylepipe.data.images import ImageError
+    from stylepipe.stylize.inputs import oriented_size
+
+    try:
+        return oriented_size(path)
+    except ImageError as err:
+        raise ImageError(path, f"{err.reason}; {fix}") from err
+
+
+def _load(path: Path, size: tuple[int, int] | None, fix: str) -> np.ndarray:
+    """``path`` as uint8 RGB; with ``size``, resized as `stylepipe stylize` resizes its input (what the
+    network saw). An unreadable file is an ImageError that says ``fix``."""
+    from stylepipe.data.images import ImageError, load_rgb
+    from stylepipe.stylize.inputs import load_content
+
+    try:
+        image = load_rgb(path) if size is None else load_content(path, size).rgb
+    except ImageError as err:
+        raise ImageError(path, f"{err.reason}; {fix}") from err
+    return np.asarray(image, dtype=np.uint8)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -122,17 +189,20 @@ def _loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, dev
 
     layers = layer_names(train["content_layers"], train["style_layers"])
     net = LossNetwork.from_file(loss_network, layers).to(device)
+    min_side = smallest_side(net)
+    sizes = [check_sizes(content, stylized, min_side) for content, stylized in pairs]  # all, before measuring any
     style_features = net(load_style_image(style_image, train["style_size"]).to(device))
     grams = {name: gram_matrix(style_features[name]) for name in train["style_layers"]}
 
     sums = dict.fromkeys(("content_loss", "style_loss", "tv_loss", "total_loss", "content_loss_unweighted",
                           "style_loss_unweighted", "tv_loss_unweighted", "ssim"), 0.0)
-    for content_path, stylized_path in tqdm(pairs, desc="evaluate", unit="image"):
-        stylized = _load_uint8(stylized_path)
-        # the stylized image has the content image's size after stylize's --max-size
-        content = _load_uint8(content_path, size=(stylized.shape[1], stylized.shape[0]))
+    for (content_path, stylized_path), size in zip(tqdm(pairs, desc="evaluate", unit="image"), sizes):
+        stylized = _load(stylized_path, None, STYLIZE_AGAIN)
+        # the content image as the network saw it: at the stylized size (stylize's --max-size), resized as stylize does
+        content = _load(content_path, size, FETCH_AGAIN)
         x, y = _tensor(content, device), _tensor(stylized, device)
-        target, features = net(x), net(y)
+        # the content target needs the loss network only up to the deepest content layer, as in training
+        target, features = net(x, train["content_layers"]), net(y)
         raw = {
             "content_loss": content_loss(features, target, train["content_layers"]).item(),
             "style_loss": style_loss(features, grams, train["style_layers"], train["style_layer_weights"]).item(),
@@ -181,6 +251,16 @@ def _train_summary(path: Path) -> dict:
     return values
 
 
+def check_finite(model: torch.nn.Module, path: Path) -> None:
+    """Refuse a diverged network: its NaN outputs are written as black images, which would measure as finite."""
+    weights = [w for w in model.state_dict().values() if w.is_floating_point()]
+    bad = sum(int((~torch.isfinite(w)).sum()) for w in weights)
+    if bad:
+        total = sum(w.numel() for w in weights)
+        raise ValueError(f"{path}: {bad} of its {total} weights are NaN or infinite, the network diverged in training; "
+                         "check its training curves, lower train.lr (or the loss weights) and train it again")
+
+
 def evaluate(args: argparse.Namespace) -> tuple[dict, dict | None]:
     """(metrics, speed): the reproducible measurements, and the throughput (None without ``--speed``)."""
     from stylepipe.models.transformer import load_transformer
@@ -195,6 +275,7 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, dict | None]:
     pairs = image_pairs(args.eval_images, args.stylized)
     summary = _train_summary(args.train_summary)
     model = load_transformer(args.model)
+    check_finite(model, args.model)
     metrics = loss_metrics(pairs, args.style_image, args.loss_network, train, device)
     metrics.update(
         eval_images=len(pairs),
