@@ -327,3 +327,87 @@ def test_report_names_missing_or_broken_curves(run, tmp_path):
 
     proc = _report(run, tmp_path / "out", styles, "--curves", str(tmp_path / "c.svg"))
     assert proc.returncode == 2 and "--curves needs --train-dir" in proc.stderr
+
+
+def _report_in_process(capsys, run: Path, out: Path, *extra) -> tuple[int, str, str]:
+    """`stylepipe report` in this process (faster than a subprocess): exit status, stdout, stderr."""
+    from stylepipe import cli
+
+    code = cli.main([str(a) for a in ("report", "--params", run / "params.yaml", *extra,
+                                      "--output", out / "metrics.json", "--gallery", out / "gallery.png")])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _copy_inputs(run: Path, root: Path) -> list:
+    """A copy of ``run``'s report inputs under ``root`` (to damage one file); the report's arguments."""
+    import shutil
+
+    for name in ("metrics", "eval", "stylized", "styles"):
+        shutil.copytree(run / name, root / name)
+    shutil.copy(run / "params.yaml", root / "params.yaml")
+    return ["--metrics-dir", root / "metrics", "--eval-images", root / "eval", "--stylized-root", root / "stylized",
+            "--style-images-dir", root / "styles"]
+
+
+def test_report_names_an_unreadable_image_and_the_step_that_writes_it(run, tmp_path, capsys):
+    """A truncated or garbled image (an interrupted copy, a disk that filled up) is named with the
+    step to rerun, in one line, and nothing is written."""
+    from test_cli_errors import one_error_line
+
+    args = _copy_inputs(run, tmp_path)
+    cases = {"eval/coffee.png": "run `stylepipe fetch eval` again",
+             "stylized/waves/rocket.png": "run `stylepipe stylize` for waves again",
+             "styles/mosaic.png": "run `stylepipe fetch style` for mosaic again"}
+    for name, remedy in cases.items():
+        path = tmp_path / name
+        good = path.read_bytes()
+        for broken in (good[: len(good) // 3], b"not an image\n"):
+            path.write_bytes(broken)
+            code, _, err = _report_in_process(capsys, tmp_path, tmp_path / "out", *args)
+            line = one_error_line(err, "report")
+            assert code == 2 and line.startswith(f"stylepipe report: error: {path}: ") and line.endswith(remedy), line
+        path.write_bytes(good)
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_a_metrics_file_that_is_not_numbers(run, tmp_path, capsys):
+    """results/metrics.json must stay what `dvc metrics diff` reads: a damaged per-style file is named
+    before any output is written (it was copied in, or failed the final JSON write after the gallery)."""
+    from test_cli_errors import one_error_line
+
+    args = _copy_inputs(run, tmp_path)
+    for style in STYLES:
+        _curves(tmp_path / "train", style, lr=[1e-3] * 4)
+    path = tmp_path / "metrics" / "waves.json"
+    for text, named in (("[1, 2]", "not an object of metrics"), ('{"ssim": NaN}', "ssim: nan"),
+                        ('{"ssim": "0.4"}', "ssim: '0.4'")):
+        path.write_text(text)
+        code, _, err = _report_in_process(capsys, tmp_path, tmp_path / "out", *args, "--train-dir", tmp_path / "train",
+                                          "--curves", tmp_path / "out" / "curves.svg")
+        line = one_error_line(err, "report")
+        assert code == 2 and f"{path}: not a metrics file ({named})" in line and "stylepipe evaluate" in line, line
+        assert not (tmp_path / "out").exists()
+
+
+def test_report_curves_with_no_rows_or_a_damaged_value(run, tmp_path, capsys):
+    """A curves.csv with its header only (a run stopped before its first logged step) draws no line
+    instead of failing; text that is not a number is named, not drawn as a diverged run."""
+    from test_cli_errors import one_error_line
+
+    train = tmp_path / "train"
+    _curves(train, "mosaic", lr=[1e-3] * 4)
+    (train / "waves").mkdir()
+    (train / "waves" / "curves.csv").write_text("step,content_loss,style_loss,tv_loss,total_loss,lr\n")
+    args = ["--metrics-dir", run / "metrics", "--eval-images", run / "eval", "--stylized-root", run / "stylized",
+            "--train-dir", train, "--curves", tmp_path / "c.svg"]
+    code, _, err = _report_in_process(capsys, run, tmp_path, *args)
+    assert code == 0, err
+    svg = (tmp_path / "c.svg").read_text()
+    assert _charts(svg) == ["total_loss", "content_loss", "style_loss"] and svg.count("<polyline") == 3
+
+    (train / "waves" / "curves.csv").write_text("step,content_loss,style_loss,tv_loss,total_loss,lr\n"
+                                                "10,5.0,6.0,0,11.0,0.001\n20,4.0,5.O,0,9.0,0.001\n")
+    code, _, err = _report_in_process(capsys, run, tmp_path / "out", *args)
+    assert code == 2 and "line 3, column style_loss: '5.O' is not a number" in one_error_line(err, "report")
+

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 # One colour per line, in order; colour-blind-safe (Okabe-Ito).
@@ -25,9 +26,17 @@ svg .grid{stroke:#eee} svg .frame{fill:none;stroke:#bbb} svg .mark{font-size:16p
 
 
 def parse_curves(data: bytes) -> pd.DataFrame:
-    """A curves.csv as numbers; a loss that overflowed or became NaN stays in (inf, NaN) for the chart to mark."""
+    """A curves.csv as numbers; a loss that overflowed or became NaN stays in (inf, NaN) for the chart to mark.
+
+    Text that is not a number (a damaged file) raises ValueError naming its line and column, rather
+    than being drawn as a run that diverged."""
     frame = pd.read_csv(io.BytesIO(data))
-    return frame.apply(pd.to_numeric, errors="coerce")
+    numbers = frame.apply(pd.to_numeric, errors="coerce")
+    garbled = numbers.isna() & frame.notna()
+    if garbled.to_numpy().any():
+        row, col = next(zip(*garbled.to_numpy().nonzero()))
+        raise ValueError(f"line {row + 2}, column {frame.columns[col]}: {frame.iat[row, col]!r} is not a number")
+    return numbers
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -58,7 +67,7 @@ def _line(label: str, colour: str, frame: pd.DataFrame, column: str, dashed: boo
     if column not in frame or "step" not in frame:
         return None
     data = frame[["step", column]].apply(pd.to_numeric, errors="coerce")
-    data = data[data["step"].map(lambda v: math.isfinite(v))]
+    data = data[np.isfinite(data["step"].to_numpy(float))]
     steps, values = data["step"].to_numpy(float), data[column].to_numpy(float)
     finite = [math.isfinite(v) for v in values]
     diverged = None
