@@ -411,3 +411,59 @@ def test_report_curves_with_no_rows_or_a_damaged_value(run, tmp_path, capsys):
     code, _, err = _report_in_process(capsys, run, tmp_path / "out", *args)
     assert code == 2 and "line 3, column style_loss: '5.O' is not a number" in one_error_line(err, "report")
 
+
+def _svg_texts(svg: str) -> list:
+    import xml.etree.ElementTree as ET
+
+    return list(ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text"))
+
+
+def test_chart_labels_fit_and_log_axes_name_the_last_values():
+    """The last step's label is not cut at the chart's right edge; a loss falling two decades, as a
+    style loss does early on, gets 2× and 5× ticks, so that its final value can be read."""
+    import pandas as pd
+
+    from stylepipe.charts import svg_chart
+
+    frame = pd.DataFrame({"step": [10, 20000, 40000], "total_loss": [5e7, 4e5, 3e5]})  # a last tick at the edge
+    svg = svg_chart([("a", "#000", frame)], "total_loss", width=380)
+    labels = [t for t in _svg_texts(svg) if t.get("text-anchor") == "middle" and t.get("class") is None]
+    assert labels and labels[-1].text == "40000"
+    assert all(float(t.get("x")) + 6 * len(t.text) / 2 <= 380 for t in labels)  # 11 px digits: under 6 px each
+    y_labels = [t.text for t in _svg_texts(svg) if t.get("text-anchor") == "end"]
+    assert "(log y)" in svg and y_labels == ["5e+05", "1e+06", "2e+06", "5e+06", "1e+07", "2e+07", "5e+07"]
+
+
+def test_curves_legend_tells_twelve_long_named_styles_apart():
+    """Twelve styles, two of them experiments whose names differ only at the end: each has a colour
+    of its own and its full name in the legend (a tooltip is no help in a printed figure)."""
+    import xml.etree.ElementTree as ET
+
+    import pandas as pd
+
+    from stylepipe.report import draw_curves
+
+    names = [f"style{i}" for i in range(10)] + ["rain-princess-style-weight-5e10", "rain-princess-style-weight-1e11"]
+    frame = pd.DataFrame({"step": [1, 2], "total_loss": [2.0, 1.0]})
+    svg = draw_curves({name: frame for name in sorted(names)})
+    ns = "{http://www.w3.org/2000/svg}"
+    legend = [g for g in ET.fromstring(svg).findall(f"{ns}g") if g.find(f"{ns}rect") is not None]
+    assert sorted(g.find(f"{ns}text").text for g in legend) == sorted(names)
+    assert len({g.find(f"{ns}rect").get("fill") for g in legend}) == 12
+
+
+def test_long_curves_are_thinned_to_what_shows():
+    """A curve logged at every step of a long run draws the same picture from a few points per pixel
+    column: the SVG stays small, and a spike in the middle still shows."""
+    import pandas as pd
+
+    from stylepipe.charts import svg_chart
+
+    steps = list(range(1, 40001))
+    loss = [1.0 + (i % 7) / 10 for i in steps]
+    loss[20000] = 50.0  # one bad batch
+    svg = svg_chart([("a", "#000", pd.DataFrame({"step": steps, "total_loss": loss}))], "total_loss", width=380)
+    points = [p.split(",") for p in svg.split('points="')[1].split('"')[0].split()]
+    assert len(points) <= 4 * 380 and len(svg) < 40_000
+    top = min(float(y) for _, y in points)
+    assert top == pytest.approx(26.0)  # the spike reaches the top of the frame

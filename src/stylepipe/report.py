@@ -16,7 +16,8 @@ removed style left behind stay out of the report.
 The curves picture (SVG, with ``--curves``) has one chart per loss (and the
 learning rate when a schedule moves it) against the optimizer step, one line
 per style, read from ``<train-dir>/STYLE/curves.csv``, and a dashed one for
-its validation losses where ``<train-dir>/STYLE/val_curves.csv`` has them.
+its validation losses where ``<train-dir>/STYLE/val_curves.csv`` has them. A style's
+colour is its place in name order (16 colours; more styles share them).
 """
 
 from __future__ import annotations
@@ -244,6 +245,9 @@ def main(args: argparse.Namespace) -> int:
     # validation curves where training wrote them (`stylepipe train --val-curves`)
     val_curves = read_curves(args.train_dir, list(metrics), "val_curves.csv", required=False) if curves else None
     gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics), style_images)
+    if curves is not None and len(curves) > len(PALETTE):
+        print(f"{len(curves)} styles, {len(PALETTE)} colours: styles share colours in {args.curves} "
+              "(each line's tooltip names its style)")
     if curves is not None:
         with atomic_path(args.curves) as tmp:
             tmp.write_text(draw_curves(curves, val_curves), encoding="utf-8")
