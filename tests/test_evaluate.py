@@ -419,8 +419,9 @@ def _svg_texts(svg: str) -> list:
 
 
 def test_chart_labels_fit_and_log_axes_name_the_last_values():
-    """The last step's label is not cut at the chart's right edge; a loss falling two decades, as a
-    style loss does early on, gets 2× and 5× ticks, so that its final value can be read."""
+    """The last step's label is not cut at the chart's right edge; the y axis ends on labelled values
+    on both sides of the data, and a loss falling two decades, as a style loss does early on, gets
+    2× and 5× ticks: a loss's final value can be read off the axis."""
     import pandas as pd
 
     from stylepipe.charts import svg_chart
@@ -431,7 +432,12 @@ def test_chart_labels_fit_and_log_axes_name_the_last_values():
     assert labels and labels[-1].text == "40000"
     assert all(float(t.get("x")) + 6 * len(t.text) / 2 <= 380 for t in labels)  # 11 px digits: under 6 px each
     y_labels = [t.text for t in _svg_texts(svg) if t.get("text-anchor") == "end"]
-    assert "(log y)" in svg and y_labels == ["5e+05", "1e+06", "2e+06", "5e+06", "1e+07", "2e+07", "5e+07"]
+    assert "(log y)" in svg and y_labels == ["2e+05", "5e+05", "1e+06", "2e+06", "5e+06", "1e+07", "2e+07", "5e+07"]
+    # a linear axis, too, runs from a labelled value below the data to one above it
+    frame = pd.DataFrame({"step": [10, 20, 30], "content_loss": [4.4e5, 1.7e5, 1.3e5]})
+    svg = svg_chart([("a", "#000", frame)], "content_loss", width=380)
+    y_labels = [t.text for t in _svg_texts(svg) if t.get("text-anchor") == "end"]
+    assert "(log y)" not in svg and y_labels == ["1e+05", "2e+05", "3e+05", "4e+05", "5e+05"]
 
 
 def test_curves_legend_tells_twelve_long_named_styles_apart():

@@ -59,16 +59,35 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Tick positions (log10 of the values) from ``lo`` to ``hi``: the powers of ten, thinned to about 6
-    when a run that blew up spans tens of decades; with 2 and 5 times them where only a few decades
-    are spanned, so that a loss's last values can be read off the axis."""
-    decades = list(range(math.ceil(lo), math.floor(hi) + 1))
-    if len(decades) > 3:
-        every = math.ceil(len(decades) / 6)
-        return [float(e) for e in decades[::every]]
-    ticks = [math.log10(m) + e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)]
-    return [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9] or [lo, hi]
+def _linear_axis(lo: float, hi: float) -> tuple[float, float, list[float]]:
+    """The y range widened to the round values just outside ``lo`` .. ``hi``, and its ticks: both
+    ends of the axis are labelled, so a loss's lowest (last) values can be read off it."""
+    ticks = _ticks(lo, hi)
+    if len(ticks) < 2:
+        return lo, hi, ticks
+    step = ticks[1] - ticks[0]
+    if ticks[0] > lo + 1e-9 * step:
+        ticks.insert(0, ticks[0] - step)
+    if ticks[-1] < hi - 1e-9 * step:
+        ticks.append(ticks[-1] + step)
+    if not all(math.isfinite(t) for t in ticks):  # bounds near the float limit: keep the data's
+        return lo, hi, _ticks(lo, hi)
+    return ticks[0], ticks[-1], ticks
+
+
+def _log_axis(lo: float, hi: float) -> tuple[float, float, list[float]]:
+    """:func:`_linear_axis` in log10 units: powers of ten, thinned to about 6 when a run that blew
+    up spans tens of decades; with 2 and 5 times them where only a few decades are spanned."""
+    first, last = math.floor(lo), math.ceil(hi)
+    if last - first > 3:
+        every = math.ceil((last - first + 1) / 6)
+        last = first + every * math.ceil((last - first) / every)
+        ticks = [float(e) for e in range(first, last + 1, every)]
+        return ticks[0], ticks[-1], ticks
+    values = sorted(math.log10(m) + e for e in range(first, last + 1) for m in (1, 2, 5))
+    lo = max(v for v in values if v <= lo + 1e-9)
+    hi = min(v for v in values if v >= hi - 1e-9)
+    return lo, hi, [v for v in values if lo <= v <= hi]
 
 
 def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -148,6 +167,7 @@ def svg_chart(series: list[tuple], column: str, width: int = 380, height: int = 
     if y_hi == y_lo:
         pad = abs(y_hi) * 0.1 or 1.0
         y_lo, y_hi = y_lo - pad, y_hi + pad
+    y_lo, y_hi, y_ticks = _log_axis(y_lo, y_hi) if log else _linear_axis(y_lo, y_hi)
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def px(x: float) -> float:
@@ -160,12 +180,7 @@ def svg_chart(series: list[tuple], column: str, width: int = 380, height: int = 
     for t in _ticks(x_lo, x_hi):
         out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + plot_h}" class="grid"/>'
                    f'<text x="{px(t):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{t:g}</text>')
-    if log:
-        y_ticks = _log_ticks(y_lo, y_hi)
-        y_text = [f"{10 ** t:.3g}" for t in y_ticks]
-    else:
-        y_ticks = _ticks(y_lo, y_hi)
-        y_text = [f"{t:.3g}" for t in y_ticks]
+    y_text = [f"{10 ** t:.3g}" if log else f"{t:.3g}" for t in y_ticks]
     for t, text in zip(y_ticks, y_text):
         out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" class="grid"/>'
                    f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{text}</text>')
