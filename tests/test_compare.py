@@ -240,6 +240,29 @@ def test_dvc_plots_diff_shows_curves_and_images(history, tmp_path):
         assert len(re.findall(rf'"rev": "{rev}"', page)) >= len(STYLES)  # curve points of each style
     for style in STYLES:
         assert f"results/train/{style}/curves.csv" in page and f"results/train/{style}/val_curves.csv" in page
+    assert '"type": "log"' in page  # the losses' template
+
+
+def test_dvc_plots_draw_the_losses_on_a_log_axis(tmp_path):
+    """The losses fall by decades in the first few hundred steps, then by percents: on DVC's linear
+    axis the curve is an L whose later part, where runs differ, lies flat on the bottom. Each
+    style's curves and validation curves use the `losses` template, a log y axis."""
+    from test_pipeline_snakemake import make_workspace
+
+    repo = make_workspace(tmp_path / "repo", tiny_params_dict())
+    targets = []
+    for style in sorted(tiny_params_dict()["styles"]):
+        for name in ("curves.csv", "val_curves.csv"):
+            path = repo / "results" / "train" / style / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("step,content_loss,style_loss,tv_loss,total_loss\n10,5e3,9e4,0,9.5e4\n200,2e3,1e3,0,3e3\n")
+            targets.append(str(path.relative_to(repo)))
+    shown = json.loads(run("dvc", "plots", "show", "--json", *targets, cwd=repo))
+    assert not shown.get("errors") and sorted(shown["data"]) == sorted(targets)
+    for target, (plot,) in shown["data"].items():
+        scales = {json.dumps(layer["encoding"]["y"].get("scale")) for layer in plot["content"]["layer"]
+                  if "y" in layer.get("encoding", {})}
+        assert scales == {'{"type": "log"}'}, (target, scales)
 
 
 def test_default_compares_head_with_workspace_and_experiments_by_name(history, tmp_path):

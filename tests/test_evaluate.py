@@ -412,3 +412,149 @@ def test_a_diverged_network_is_refused(run, tmp_path, capsys):
                                     model=tmp_path / "nan.pth")
     assert status == 2 and "nan.pth: 1 of its" in err and "diverged" in err, err
     assert not (tmp_path / "m.json").exists()
+
+
+def _report_in_process(capsys, run: Path, out: Path, *extra) -> tuple[int, str, str]:
+    """`stylepipe report` in this process (faster than a subprocess): exit status, stdout, stderr."""
+    from stylepipe import cli
+
+    code = cli.main([str(a) for a in ("report", "--params", run / "params.yaml", *extra,
+                                      "--output", out / "metrics.json", "--gallery", out / "gallery.png")])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _copy_inputs(run: Path, root: Path) -> list:
+    """A copy of ``run``'s report inputs under ``root`` (to damage one file); the report's arguments."""
+    import shutil
+
+    for name in ("metrics", "eval", "stylized", "styles"):
+        shutil.copytree(run / name, root / name)
+    shutil.copy(run / "params.yaml", root / "params.yaml")
+    return ["--metrics-dir", root / "metrics", "--eval-images", root / "eval", "--stylized-root", root / "stylized",
+            "--style-images-dir", root / "styles"]
+
+
+def test_report_names_an_unreadable_image_and_the_step_that_writes_it(run, tmp_path, capsys):
+    """A truncated or garbled image (an interrupted copy, a disk that filled up) is named with the
+    step to rerun, in one line, and nothing is written."""
+    from test_cli_errors import one_error_line
+
+    args = _copy_inputs(run, tmp_path)
+    cases = {"eval/coffee.png": "run `stylepipe fetch eval` again",
+             "stylized/waves/rocket.png": "run `stylepipe stylize` for waves again",
+             "styles/mosaic.png": "run `stylepipe fetch style` for mosaic again"}
+    for name, remedy in cases.items():
+        path = tmp_path / name
+        good = path.read_bytes()
+        for broken in (good[: len(good) // 3], b"not an image\n"):
+            path.write_bytes(broken)
+            code, _, err = _report_in_process(capsys, tmp_path, tmp_path / "out", *args)
+            line = one_error_line(err, "report")
+            assert code == 2 and line.startswith(f"stylepipe report: error: {path}: ") and line.endswith(remedy), line
+        path.write_bytes(good)
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_a_metrics_file_that_is_not_numbers(run, tmp_path, capsys):
+    """results/metrics.json must stay what `dvc metrics diff` reads: a damaged per-style file is named
+    before any output is written (it was copied in, or failed the final JSON write after the gallery)."""
+    from test_cli_errors import one_error_line
+
+    args = _copy_inputs(run, tmp_path)
+    for style in STYLES:
+        _curves(tmp_path / "train", style, lr=[1e-3] * 4)
+    path = tmp_path / "metrics" / "waves.json"
+    for text, named in (("[1, 2]", "not an object of metrics"), ('{"ssim": NaN}', "ssim: nan"),
+                        ('{"ssim": "0.4"}', "ssim: '0.4'")):
+        path.write_text(text)
+        code, _, err = _report_in_process(capsys, tmp_path, tmp_path / "out", *args, "--train-dir", tmp_path / "train",
+                                          "--curves", tmp_path / "out" / "curves.svg")
+        line = one_error_line(err, "report")
+        assert code == 2 and f"{path}: not a metrics file ({named})" in line and "stylepipe evaluate" in line, line
+        assert not (tmp_path / "out").exists()
+
+
+def test_report_curves_with_no_rows_or_a_damaged_value(run, tmp_path, capsys):
+    """A curves.csv with its header only (a run stopped before its first logged step) draws no line
+    instead of failing; text that is not a number is named, not drawn as a diverged run."""
+    from test_cli_errors import one_error_line
+
+    train = tmp_path / "train"
+    _curves(train, "mosaic", lr=[1e-3] * 4)
+    (train / "waves").mkdir()
+    (train / "waves" / "curves.csv").write_text("step,content_loss,style_loss,tv_loss,total_loss,lr\n")
+    args = ["--metrics-dir", run / "metrics", "--eval-images", run / "eval", "--stylized-root", run / "stylized",
+            "--train-dir", train, "--curves", tmp_path / "c.svg"]
+    code, _, err = _report_in_process(capsys, run, tmp_path, *args)
+    assert code == 0, err
+    svg = (tmp_path / "c.svg").read_text()
+    assert _charts(svg) == ["total_loss", "content_loss", "style_loss"] and svg.count("<polyline") == 3
+
+    (train / "waves" / "curves.csv").write_text("step,content_loss,style_loss,tv_loss,total_loss,lr\n"
+                                                "10,5.0,6.0,0,11.0,0.001\n20,4.0,5.O,0,9.0,0.001\n")
+    code, _, err = _report_in_process(capsys, run, tmp_path / "out", *args)
+    assert code == 2 and "line 3, column style_loss: '5.O' is not a number" in one_error_line(err, "report")
+
+
+def _svg_texts(svg: str) -> list:
+    import xml.etree.ElementTree as ET
+
+    return list(ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text"))
+
+
+def test_chart_labels_fit_and_log_axes_name_the_last_values():
+    """The last step's label is not cut at the chart's right edge; the y axis ends on labelled values
+    on both sides of the data, and a loss falling two decades, as a style loss does early on, gets
+    2× and 5× ticks: a loss's final value can be read off the axis."""
+    import pandas as pd
+
+    from stylepipe.charts import svg_chart
+
+    frame = pd.DataFrame({"step": [10, 20000, 40000], "total_loss": [5e7, 4e5, 3e5]})  # a last tick at the edge
+    svg = svg_chart([("a", "#000", frame)], "total_loss", width=380)
+    labels = [t for t in _svg_texts(svg) if t.get("text-anchor") == "middle" and t.get("class") is None]
+    assert labels and labels[-1].text == "40000"
+    assert all(float(t.get("x")) + 6 * len(t.text) / 2 <= 380 for t in labels)  # 11 px digits: under 6 px each
+    y_labels = [t.text for t in _svg_texts(svg) if t.get("text-anchor") == "end"]
+    assert "(log y)" in svg and y_labels == ["2e+05", "5e+05", "1e+06", "2e+06", "5e+06", "1e+07", "2e+07", "5e+07"]
+    # a linear axis, too, runs from a labelled value below the data to one above it
+    frame = pd.DataFrame({"step": [10, 20, 30], "content_loss": [4.4e5, 1.7e5, 1.3e5]})
+    svg = svg_chart([("a", "#000", frame)], "content_loss", width=380)
+    y_labels = [t.text for t in _svg_texts(svg) if t.get("text-anchor") == "end"]
+    assert "(log y)" not in svg and y_labels == ["1e+05", "2e+05", "3e+05", "4e+05", "5e+05"]
+
+
+def test_curves_legend_tells_twelve_long_named_styles_apart():
+    """Twelve styles, two of them experiments whose names differ only at the end: each has a colour
+    of its own and its full name in the legend (a tooltip is no help in a printed figure)."""
+    import xml.etree.ElementTree as ET
+
+    import pandas as pd
+
+    from stylepipe.report import draw_curves
+
+    names = [f"style{i}" for i in range(10)] + ["rain-princess-style-weight-5e10", "rain-princess-style-weight-1e11"]
+    frame = pd.DataFrame({"step": [1, 2], "total_loss": [2.0, 1.0]})
+    svg = draw_curves({name: frame for name in sorted(names)})
+    ns = "{http://www.w3.org/2000/svg}"
+    legend = [g for g in ET.fromstring(svg).findall(f"{ns}g") if g.find(f"{ns}rect") is not None]
+    assert sorted(g.find(f"{ns}text").text for g in legend) == sorted(names)
+    assert len({g.find(f"{ns}rect").get("fill") for g in legend}) == 12
+
+
+def test_long_curves_are_thinned_to_what_shows():
+    """A curve logged at every step of a long run draws the same picture from a few points per pixel
+    column: the SVG stays small, and a spike in the middle still shows."""
+    import pandas as pd
+
+    from stylepipe.charts import svg_chart
+
+    steps = list(range(1, 40001))
+    loss = [1.0 + (i % 7) / 10 for i in steps]
+    loss[20000] = 50.0  # one bad batch
+    svg = svg_chart([("a", "#000", pd.DataFrame({"step": steps, "total_loss": loss}))], "total_loss", width=380)
+    points = [p.split(",") for p in svg.split('points="')[1].split('"')[0].split()]
+    assert len(points) <= 4 * 380 and len(svg) < 40_000
+    top = min(float(y) for _, y in points)
+    assert top == pytest.approx(26.0)  # the spike reaches the top of the frame

@@ -59,6 +59,7 @@ def make_workspace(root: Path, params: dict) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(root, "git", "init", "-q")
     sh(root, "dvc", "init", "-q")
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates dvc.yaml names
     sh(root, "dvc", "config", "core.analytics", "false")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-q", "-m", "pipeline")

@@ -16,12 +16,14 @@ removed style left behind stay out of the report.
 The curves picture (SVG, with ``--curves``) has one chart per loss (and the
 learning rate when a schedule moves it) against the optimizer step, one line
 per style, read from ``<train-dir>/STYLE/curves.csv``, and a dashed one for
-its validation losses where ``<train-dir>/STYLE/val_curves.csv`` has them.
+its validation losses where ``<train-dir>/STYLE/val_curves.csv`` has them. A style's
+colour is its place in name order (16 colours; more styles share them).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from stylepipe.charts import PALETTE, parse_curves, svg_chart, svg_figure
 from stylepipe.config import load_params, style_names
+from stylepipe.data.images import ImageError, load_rgb_and_alpha
 from stylepipe.io import atomic_path, read_json, write_json
 
 CELL = 192  # each image is fitted into a CELL×CELL square
@@ -69,8 +72,20 @@ def collect_metrics(metrics_dir: Path, styles: list[str]) -> dict[str, dict]:
         path = metrics_dir / f"{style}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: metrics file missing; run `stylepipe evaluate` for style {style}")
-        metrics[style] = read_json(path)
+        metrics[style] = _checked_metrics(path, read_json(path), style)
     return metrics
+
+
+def _checked_metrics(path: Path, data, style: str) -> dict:
+    """``data`` if it is what `stylepipe evaluate` writes, an object of finite numbers; a ValueError
+    naming ``path`` otherwise (results/metrics.json must stay valid JSON for `dvc metrics diff`)."""
+    bad = ([] if isinstance(data, dict) else ["not an object of metrics"]) or [
+        f"{key}: {value!r}" for key, value in data.items()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
+    if bad:
+        raise ValueError(f"{path}: not a metrics file ({'; '.join(bad)}); run `stylepipe evaluate` for style {style} "
+                         "again")
+    return data
 
 
 def read_curves(train_dir: Path, styles: list[str], name: str = "curves.csv",
@@ -151,9 +166,15 @@ def wrap_text(text: str, font, width: float, max_lines: int | None = None) -> li
     return lines
 
 
-def _thumbnail(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return ImageOps.contain(image.convert("RGB"), (CELL, CELL), method=Image.Resampling.LANCZOS)
+def _thumbnail(path: Path, remedy: str) -> Image.Image:
+    """``path`` fitted into a CELL×CELL square, decoded as stylize and evaluate decode it (upright,
+    transparency on white); an unreadable image is a ValueError naming it and ``remedy``, the step
+    that writes it again."""
+    try:
+        image, _ = load_rgb_and_alpha(path, for_size=(CELL, CELL))
+    except ImageError as err:  # empty, truncated, not an image at all
+        raise ImageError(path, f"{err.reason}; {remedy}") from err
+    return ImageOps.contain(image, (CELL, CELL), method=Image.Resampling.LANCZOS)
 
 
 def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
@@ -167,13 +188,17 @@ def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
         missing = [s for s in styles if s not in style_images]
         if missing:
             raise FileNotFoundError(f"no style image given for {', '.join(missing)}: pass data/styles/STYLE.png")
-    rows: list[tuple[str, list[Path | None]]] = [("content", ([None] if style_images else []) + content)]
+    # each image with the step that writes it, named when the image cannot be read
+    fetch_eval = "run `stylepipe fetch eval` again"
+    rows: list[tuple[str, list[tuple[Path, str] | None]]] = [
+        ("content", ([None] if style_images else []) + [(p, fetch_eval) for p in content])]
     for style in styles:
         stylized = [stylized_root / style / f"{p.stem}.png" for p in content]
         missing = [str(p) for p in stylized if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"stylized images missing: {', '.join(missing)}; run `stylepipe stylize` for {style}")
-        rows.append((style, ([style_images[style]] if style_images else []) + stylized))
+        style_image = [(style_images[style], f"run `stylepipe fetch style` for {style} again")] if style_images else []
+        rows.append((style, style_image + [(p, f"run `stylepipe stylize` for {style} again") for p in stylized]))
 
     font = ImageFont.load_default(size=FONT_SIZE)
     names = (["style"] if style_images else []) + [p.stem for p in content]
@@ -192,10 +217,10 @@ def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
         first = top + CELL // 2 - (len(lines) - 1) * LINE_HEIGHT / 2
         for i, line in enumerate(lines):
             draw.text((PAD, first + i * LINE_HEIGHT), line, fill=TEXT, font=font, anchor="lm")
-        for c, path in enumerate(paths):
-            if path is None:  # the header row has no style image
+        for c, image in enumerate(paths):
+            if image is None:  # the header row has no style image
                 continue
-            thumb = _thumbnail(path)
+            thumb = _thumbnail(*image)
             left = LABEL_WIDTH + PAD + c * (CELL + PAD)
             # centre the thumbnail in its cell
             canvas.paste(thumb, (left + (CELL - thumb.width) // 2, top + (CELL - thumb.height) // 2))
@@ -220,6 +245,9 @@ def main(args: argparse.Namespace) -> int:
     # validation curves where training wrote them (`stylepipe train --val-curves`)
     val_curves = read_curves(args.train_dir, list(metrics), "val_curves.csv", required=False) if curves else None
     gallery = draw_gallery(args.eval_images, args.stylized_root, list(metrics), style_images)
+    if curves is not None and len(curves) > len(PALETTE):
+        print(f"{len(curves)} styles, {len(PALETTE)} colours: styles share colours in {args.curves} "
+              "(each line's tooltip names its style)")
     if curves is not None:
         with atomic_path(args.curves) as tmp:
             tmp.write_text(draw_curves(curves, val_curves), encoding="utf-8")
