@@ -558,3 +558,28 @@ def test_long_curves_are_thinned_to_what_shows():
     assert len(points) <= 4 * 380 and len(svg) < 40_000
     top = min(float(y) for _, y in points)
     assert top == pytest.approx(26.0)  # the spike reaches the top of the frame
+
+
+def test_the_gallery_shows_the_evaluation_images_evaluate_measures(run, tmp_path, capsys):
+    """A hidden file beside the evaluation images (macOS writes `._name.png` on other file systems)
+    is no column of the gallery, as stylize and evaluate leave it out; two images that stylize
+    would write to one name are refused, naming both, before anything is written."""
+    import shutil
+
+    args = _copy_inputs(run, tmp_path / "in")
+    eval_dir = tmp_path / "in" / "eval"
+    first = sorted(eval_dir.iterdir())[0]
+    (eval_dir / f"._{first.name}").write_bytes(b"\0\5\26\7 resource fork")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = _report_in_process(capsys, run, out, *args)
+    assert code == 0, err
+    with Image.open(out / "gallery.png") as gallery:
+        assert gallery.size == gallery_size(1 + len(STYLES), 1 + len(EVAL))
+
+    (eval_dir / f"._{first.name}").unlink()
+    shutil.copy(first, eval_dir / f"{first.stem}.jpg")
+    (out / "metrics.json").unlink()
+    code, _, err = _report_in_process(capsys, run, out, *args)
+    assert code == 2 and f"{first.stem}.jpg" in err and "rename one of them" in err, err
+    assert not (out / "metrics.json").exists()

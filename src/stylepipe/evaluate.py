@@ -65,9 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(without it, stylizing speed is not measured)")
 
 
-def image_pairs(eval_dir: Path, stylized_dir: Path) -> list[tuple[Path, Path]]:
-    """(content image, stylized image) per evaluation image: the images `stylepipe stylize` reads from
-    ``eval_dir`` (its files, hidden ones left out) and the ``{stem}.png`` it writes for each."""
+def evaluation_images(eval_dir: Path) -> list[Path]:
+    """The images `stylepipe stylize` reads from ``eval_dir`` (its files, hidden ones left out), each
+    with a name of its own: stylize writes ``{stem}.png`` for each."""
     from stylepipe.stylize.inputs import expand_inputs
 
     fetch = "run `stylepipe fetch eval` first (or pass the right --eval-images)"
@@ -84,7 +84,13 @@ def image_pairs(eval_dir: Path, stylized_dir: Path) -> list[tuple[Path, Path]]:
             # stylize refuses such a folder; measuring both against one image would be wrong
             raise ValueError(f"{other} and {path}: stylize writes both evaluation images to {path.stem}.png "
                              "(one name, in any case, per image); rename one of them")
-    pairs = [(path, stylized_dir / f"{path.stem}.png") for path in content]
+    return content
+
+
+def image_pairs(eval_dir: Path, stylized_dir: Path) -> list[tuple[Path, Path]]:
+    """(content image, stylized image) per evaluation image: :func:`evaluation_images` and the
+    ``{stem}.png`` stylize writes for each."""
+    pairs = [(path, stylized_dir / f"{path.stem}.png") for path in evaluation_images(eval_dir)]
     for _, stylized in pairs:
         if not stylized.is_file():
             raise FileNotFoundError(f"{stylized}: stylized image missing; run `stylepipe stylize` for this style first")

@@ -42,7 +42,6 @@ FONT_SIZE = 16
 LINE_HEIGHT = 19
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CURVE_COLUMNS = ("total_loss", "content_loss", "style_loss", "tv_loss", "lr")
 
 
@@ -181,9 +180,9 @@ def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
                  style_images: dict[str, Path] | None = None) -> Image.Image:
     """Rows: content images, then one row per style; columns: the style image
     (when ``style_images`` is given), then the evaluation images."""
-    content = sorted(p for p in eval_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not content:
-        raise FileNotFoundError(f"{eval_dir}: no evaluation images")
+    from stylepipe.evaluate import evaluation_images
+
+    content = evaluation_images(eval_dir)  # as stylize reads them and evaluate measures them
     if style_images:
         missing = [s for s in styles if s not in style_images]
         if missing:
