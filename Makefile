@@ -30,5 +30,10 @@ test: setup
 test-all: setup
 	pytest
 
+# The gpu_* benchmarks need CUDA: without it they are skipped, saying so.
 bench: setup
-	for b in benchmarks/*.py; do python $$b || exit 1; done
+	for b in benchmarks/*.py; do \
+	  case $$b in benchmarks/gpu_*) if ! python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; \
+	    then echo "$$b: skipped, no CUDA GPU"; continue; fi;; esac; \
+	  python $$b || exit 1; \
+	done
