@@ -330,8 +330,9 @@ def export_checkpoint(final: Path, path: Path) -> None:
 
     It is a DVC output, so what varies between equal runs stays out:
     ModelCheckpoint's absolute paths become relative to the working directory
-    (the repository root, for both runners), and the accumulated wall time
-    goes (it is in the summary).
+    (the repository root, for both runners), the accumulated wall time goes
+    (it is in the summary), and equal strings become one object (a resumed
+    run's strings were loaded from its checkpoint).
     """
     from stylepipe.callbacks import CURVES_STATE_KEY
 
@@ -345,7 +346,28 @@ def export_checkpoint(final: Path, path: Path) -> None:
         elif key == CURVES_STATE_KEY:
             state.pop("wall_time", None)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(ckpt, f)
+        torch.save(_one_object_per_string(ckpt), f)
+
+
+def _one_object_per_string(obj):
+    """``obj`` with its strings interned, in place: equal strings are then one object.
+
+    Pickle writes an object it has already written as a reference to it, so
+    which equal strings are one object shows in the file. A run that never
+    stopped shares the code's strings; one resumed from a checkpoint holds the
+    copies loaded from it ("step" in the optimizer and in the curves, say).
+    """
+    if type(obj) is str:
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        items = [(_one_object_per_string(k), _one_object_per_string(v)) for k, v in obj.items()]
+        obj.clear()
+        obj.update(items)
+    elif isinstance(obj, list):
+        obj[:] = [_one_object_per_string(v) for v in obj]
+    elif type(obj) is tuple:
+        return tuple(_one_object_per_string(v) for v in obj)
+    return obj
 
 
 def _plain_copy(transformer: torch.nn.Module):
