@@ -210,15 +210,17 @@ def test_same_seed_same_weights(setup, uninterrupted):
     assert_identical(uninterrupted / "waves.pth", setup / "b" / "waves.pth")
 
 
-def test_a_finished_run_started_again_rewrites_the_same_bytes(setup):
+@pytest.mark.parametrize("steps", [3, MAX_STEPS])  # mid-epoch, and at the end of the second epoch
+def test_a_finished_run_started_again_rewrites_the_same_bytes(setup, steps):
     # it trains no further and writes its outputs again, checkpoint included, although its
     # strings now come from the checkpoint it resumed from (pickle shows which are one object)
-    cmd = variant(setup, "again", max_steps=3)
-    train(setup, "again", cmd)
+    # and its data loader's position was read back from it
+    cmd = variant(setup, f"again{steps}", max_steps=steps)
+    train(setup, f"again{steps}", cmd)
     outputs = ("waves.pth", "waves.onnx", "waves.ckpt", "curves.csv", "val_curves.csv")
-    first = {name: (setup / "again" / name).read_bytes() for name in outputs}
-    assert "final.ckpt" in train(setup, "again", cmd).stderr
-    assert [name for name in outputs if (setup / "again" / name).read_bytes() != first[name]] == []
+    first = {name: (setup / f"again{steps}" / name).read_bytes() for name in outputs}
+    assert "final.ckpt" in train(setup, f"again{steps}", cmd).stderr
+    assert [name for name in outputs if (setup / f"again{steps}" / name).read_bytes() != first[name]] == []
 
 
 def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):

@@ -166,6 +166,10 @@ class ResumableSampler(Sampler[int]):
         return iter(self.order(self.epoch)[self.consumed * self.batch_size : len(self)])
 
     def state_dict(self) -> dict[str, int]:
+        if self.consumed >= self.num_batches:
+            # after the last batch of an epoch: saved as the next epoch's start, the state
+            # load_state_dict makes of it, so a finished run started again saves the same bytes
+            return {"epoch": self.epoch + 1, "consumed": 0}
         return {"epoch": self.epoch, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
