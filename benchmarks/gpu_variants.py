@@ -368,12 +368,21 @@ class Bench:
             self.rounds_done += 1
             k = r % len(runs)
             for run in runs[k:] + runs[:k]:
-                run.rates[r] = images_per_s(run, self.batch(run.variant.batch_size), self.args.steps, self.device)
-            log(f"round {r + 1}: " + ", ".join(f"{run.name} {run.rates[r]:.1f}" for run in runs) + " images/s")
+                if run.ours is None:
+                    continue
+                try:
+                    run.rates[r] = images_per_s(run, self.batch(run.variant.batch_size), self.args.steps, self.device)
+                except torch.OutOfMemoryError:  # next to the other variants' cached memory, say
+                    self.fail(run, "out of memory while timed")
+            log(f"round {r + 1}: " + ", ".join(f"{run.name} {run.rates[r]:.1f}" for run in runs if r in run.rates)
+                + " images/s")
+            runs = [run for run in runs if run.ours is not None]
+            if not runs:
+                break
 
     @staticmethod
     def rounds_done_by(runs: list[Run]) -> int:
-        return min(len(run.rates) for run in runs)
+        return min((len(run.rates) for run in runs), default=0)
 
     def ratio(self, run: Run) -> float | None:
         paired = [run.rates[r] / self.baseline.rates[r] for r in run.rates if r in self.baseline.rates]
@@ -408,16 +417,7 @@ class Bench:
         print(f"{'variant':<14} {'':<44} {'batch':>5} {'1st step':>8} {'images/s':>9} {'vs base':>8} "
               f"{'loss diff':>9} {'grad diff':>9}")
         for row in res["variants"]:
-            cells = [f"{row['variant']:<14} {row['label'][:44]:<44} {row['batch_size']:>5}"]
-            if row["images_per_s"] is None:
-                cells.append(f"  {'built, not timed' if row['status'] == 'ok' else row['status']}")
-            else:
-                cells.append(f"{row['first_step_s']:>7.1f}s {row['images_per_s']:>9.1f} {row['vs_baseline']:>7.2f}x")
-                if row["loss_rel_diff"] is not None:
-                    cells.append(f"{row['loss_rel_diff']:>9.1e} {row['grad_rel_diff']:>9.1e}")
-                if row["status"] != "ok":
-                    cells.append(f"  {row['status']}")
-            print(" ".join(cells))
+            print(summary_row(row))
         if res["eager_vs_compiled_baseline"]:
             e = res["eager_vs_compiled_baseline"]
             print(f"for scale, the compiled baseline's first step vs eager: loss {e['loss_rel']:.1e}, "
@@ -426,6 +426,24 @@ class Bench:
         if timed:
             best = max(timed, key=lambda r: r["vs_baseline"])
             print(f"best_variant_vs_baseline: {best['vs_baseline']:.2f} ({best['variant']})")
+
+
+def summary_row(row: dict) -> str:
+    cells = [f"{row['variant']:<14} {row['label'][:44]:<44} {row['batch_size']:>5}"]
+    if row["first_step_s"] is None:  # never ran
+        return " ".join(cells + [f"  {row['status']}"])
+    cells.append(f"{row['first_step_s']:>7.1f}s")
+    if row["images_per_s"] is None:
+        cells.append(f"{'-':>9} {'-':>8}")
+    else:
+        cells.append(f"{row['images_per_s']:>9.1f} {row['vs_baseline']:>7.2f}x")
+    if row["loss_rel_diff"] is not None:
+        cells.append(f"{row['loss_rel_diff']:>9.1e} {row['grad_rel_diff']:>9.1e}")
+    if row["status"] != "ok":
+        cells.append(f"  {row['status']}")
+    elif row["images_per_s"] is None:
+        cells.append("  not timed")
+    return " ".join(cells)
 
 
 def device_name(device: torch.device) -> str:
