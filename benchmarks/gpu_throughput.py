@@ -183,7 +183,6 @@ def trainer_section(args, device, vgg_state, style, batch_size: int, determinist
         for i in range(tp["max_steps"] * batch_size + tp["val_images"]):
             writer.add(pool[i % len(pool)], f"{i:06d}.jpg")
         writer.close()
-        torch.backends.cudnn.benchmark = not deterministic  # Lightning keeps it unless deterministic
         module = StyleTransferModule(style, vgg_state, channels_last=tp["channels_last"])
         if compile:
             module.compile_losses()  # as `stylepipe train` does for `compile: true`

@@ -666,3 +666,21 @@ def test_lightning_s_slurm_handler_never_installed_and_handlers_restored(setup, 
 
     assert [s for s, module in installed if s == signal.SIGUSR1 and module.startswith("pytorch_lightning")] == []
     assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)] == before
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_cudnn_times_its_algorithms_only_when_runs_need_not_be_deterministic(tmp_path, deterministic):
+    """`deterministic: false` lets cuDNN pick the fastest convolution algorithms (Lightning alone would leave
+    torch.backends.cudnn.benchmark as it found it, off); `true` keeps cuDNN's fixed, deterministic choice."""
+    from stylepipe.train import build_trainer
+
+    tp = tiny_params_dict()["train"] | {"deterministic": deterministic, "accelerator": "cpu"}
+    before = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
+    torch.backends.cudnn.benchmark = deterministic  # the opposite of what the Trainer should set
+    try:
+        build_trainer(tp, tmp_path, [], [])
+        assert torch.backends.cudnn.benchmark is (not deterministic)
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+    finally:
+        torch.backends.cudnn.benchmark = before[0]
+        torch.use_deterministic_algorithms(before[1])
