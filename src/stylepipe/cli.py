@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("stylepipe.data.sources", "fetch what params.yaml names: content set, eval images, a style image, the loss network"),
     "resize": ("stylepipe.data.resize", "resize + centre-crop a folder of images into shards with a manifest"),
     "train": ("stylepipe.train", "train one style's TransformerNet with Lightning"),
-    "stylize": ("stylepipe.stylize", "stylize images with a trained model (.pth or .onnx)"),
+    "stylize": ("stylepipe.stylize", "stylize images with a trained model (.pth, .onnx or a .ckpt checkpoint)"),
     "evaluate": ("stylepipe.evaluate", "compute one style's metrics on the evaluation set"),
     "report": ("stylepipe.report", "collect all styles' metrics and draw the gallery"),
     "compare": ("stylepipe.compare", "compare params, metrics, curves and images across git revisions"),

@@ -1,4 +1,4 @@
-"""`stylepipe stylize`: apply a trained model (.pth or .onnx) to images.
+"""`stylepipe stylize`: apply a trained model (.pth, .onnx or a `stylepipe train` .ckpt) to images.
 
 Inputs are files, folders or glob patterns. Images are grouped by size so
 that any mix of sizes batches correctly; each output keeps its input's size
