@@ -158,16 +158,18 @@ def test_precision_auto(monkeypatch, photo_model):
 
 
 def test_native_bf16_check_without_the_private_helpers(monkeypatch):
+    from stylepipe.cpu import native_bf16_cpu
+
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert runners.native_bf16_cpu() is False
+    assert native_bf16_cpu() is False
 
     def broken():
         raise RuntimeError("no cpuinfo")
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert runners.native_bf16_cpu() is True
+    assert native_bf16_cpu() is True
 
 
 def test_bf16_errors_name_the_model_and_flag(models, images, tmp_path, capsys):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -684,3 +685,23 @@ def test_cudnn_times_its_algorithms_only_when_runs_need_not_be_deterministic(tmp
     finally:
         torch.backends.cudnn.benchmark = before[0]
         torch.use_deterministic_algorithms(before[1])
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "16-mixed", "32-true"])
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, monkeypatch, precision, native):
+    """Without AVX-512 BF16 or AMX a bf16 step is 20-40x slower than float32: the command says so and names
+    the key; the precision itself stays the params' (changing it would change the weights)."""
+    import stylepipe.cpu
+    from stylepipe.train import build_trainer, emulated_bf16_warning
+
+    monkeypatch.setattr(stylepipe.cpu, "native_bf16_cpu", lambda: native)
+    tp = tiny_params_dict()["train"] | {"precision": precision, "accelerator": "cpu", "deterministic": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's note that 16-mixed runs as bf16-mixed on a CPU
+        trainer = build_trainer(tp, tmp_path, [], [])
+    message = emulated_bf16_warning(tp, trainer)
+    if native or precision == "32-true":
+        assert message is None
+    else:
+        assert f"train.precision is {precision}" in message and "train.precision: 32-true" in message

@@ -185,6 +185,25 @@ def check_node_launch(tp: dict, trainer) -> None:
                          f"{tp['num_nodes'] - 1} (0 on the node MASTER_ADDR names)")
 
 
+def emulated_bf16_warning(tp: dict, trainer) -> str | None:
+    """The warning for a bf16 precision on a CPU that only emulates bf16 (no AVX-512 BF16 or AMX), else None.
+
+    There a bf16-mixed step is 20-40 times slower than a 32-true one (benchmarks/README.md), so a run
+    meant to take minutes would take hours. The precision is the params' to change, not ours: the
+    weights of the two differ.
+    """
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    from stylepipe.cpu import native_bf16_cpu
+
+    # 16-mixed is in the list: on a CPU Lightning runs it as bf16-mixed
+    if tp["precision"] == "32-true" or not isinstance(trainer.accelerator, CPUAccelerator) or native_bf16_cpu():
+        return None
+    return (f"train.precision is {tp['precision']} but this CPU has no native bf16 (AVX-512 BF16 or AMX), so "
+            "PyTorch emulates it and each step is about 20-40 times slower than with 32-true; for training on "
+            "this machine set train.precision: 32-true in the params (or under styles.<name>)")
+
+
 def cpu_threads(params: dict, style: str) -> int:
     """Set and return the number of threads torch computes with on the CPU.
 
@@ -270,6 +289,9 @@ def run(args: argparse.Namespace) -> int:
     same_start = SameStart(args.scratch)
     trainer = trainer_from_params(tp, args.scratch, [same_start, curves, preemption, finished], loggers)
     check_node_launch(tp, trainer)
+    slow = emulated_bf16_warning(tp, trainer)
+    if slow and trainer.is_global_zero:
+        print(f"stylepipe train: warning: {slow}", file=sys.stderr)
 
     module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network, data=args.data)
     resume, others = find_checkpoints(args.scratch, fp)

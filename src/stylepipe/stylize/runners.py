@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stylepipe.cpu import native_bf16_cpu
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -66,18 +68,6 @@ def pick_device(name: str = "auto") -> torch.device:
 def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return mps is not None and mps.is_available()
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX) rather than emulating it."""
-    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, name, None)  # private helpers: may be absent from a torch version
-        try:
-            if check is not None and check():
-                return True
-        except Exception:
-            continue
-    return False
 
 
 def resolve_precision(precision: str, device: torch.device, engine: str = "auto", onnx_model: bool = False) -> str:
