@@ -8,8 +8,8 @@ does). Each variant changes one thing, inside this script only, by patching
 the model objects or torch's settings (nothing in the package changes):
 
   baseline        as shipped, with cudnn.benchmark on
-  no-benchmark    cudnn.benchmark off: what `stylepipe train` runs with (Lightning
-                  leaves torch's default unless told)
+  no-benchmark    cudnn.benchmark off: what `stylepipe train` runs with under
+                  `deterministic: true` (the Trainer gets benchmark=not deterministic)
   thin-8          the two thin 9x9 convolutions padded with zeros to 8 channels: the
                   first conv's input and weight 3 -> 8 input channels, the last conv's
                   weight and bias 3 -> 8 output channels, its output sliced back to 3
@@ -155,7 +155,7 @@ def variants(args) -> list[Variant]:
     main, *larger = args.batch_sizes
     out = [
         Variant("baseline", "baseline (compile: true, cudnn.benchmark)", main),
-        Variant("no-benchmark", "cudnn.benchmark off (as `stylepipe train`)", main, flags={"benchmark": False}),
+        Variant("no-benchmark", "cudnn.benchmark off (as `stylepipe train`, deterministic: true)", main, flags={"benchmark": False}),
         Variant("thin-8", "thin 9x9 convs padded to 8 channels", main, patch=pad_thin_convs(8)),
         Variant("thin-16", "thin 9x9 convs padded to 16 channels", main, patch=pad_thin_convs(16)),
         # cuDNN caches its autotuner's choice per convolution (shapes, dtype, layout, and the

@@ -13,6 +13,7 @@ the 1-worker vs 2-worker scaling of the real command in wall-clock time.
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -107,4 +108,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # no options: --help describes the run instead of starting it
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

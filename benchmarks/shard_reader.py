@@ -12,6 +12,7 @@ were just written, so they are in the page cache (as after the first epoch).
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -77,4 +78,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # no options: --help describes the run instead of starting it
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()
