@@ -188,6 +188,40 @@ def test_missing_input_folder_names_the_fix(tmp_path, capsys):
     assert "stylepipe fetch content" in capsys.readouterr().err
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_an_output_that_is_not_a_previous_resize_is_refused_and_kept(inputs, resized, tmp_path, capsys):
+    """The finished folder replaces the output path whole: the user's files there must not go with it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a_rgb.jpg").write_bytes((inputs / "a_rgb.jpg").read_bytes())
+    mydocs = tmp_path / "mydocs"
+    mydocs.mkdir()
+    (mydocs / "thesis.txt").write_text("years of work\n")
+    before = {d: _tree(d) for d in (photos, mydocs)}
+    cases = [
+        (photos, photos, "would replace the input"),  # in place
+        (photos, tmp_path, "would replace the input"),  # a folder above the input
+        (photos, mydocs, "not a previous resized set"),
+        (photos, photos / "a_rgb.jpg", "is a file"),
+    ]
+    for source, output, message in cases:
+        assert cli(["resize", "--input", str(source), "--output", str(output), "--size", "8"]) == 2, output
+        err = capsys.readouterr().err
+        assert f"{output}: " in err and message in err, err
+    assert {d: _tree(d) for d in (photos, mydocs)} == before
+    assert not list(tmp_path.glob(".*part")), "a refused run left a temporary folder"
+    # a previous resize output is replaced, and an empty folder is filled
+    previous = tmp_path / "previous"
+    assert cli(["resize", "--input", str(photos), "--output", str(previous), "--size", "8"]) == 0
+    assert cli(["resize", "--input", str(photos), "--output", str(previous), "--size", "4"]) == 0
+    assert ShardReader(previous)[0].shape == (3, 4, 4)
+    (tmp_path / "empty").mkdir()
+    assert cli(["resize", "--input", str(photos), "--output", str(tmp_path / "empty"), "--size", "4"]) == 0
+
+
 @pytest.fixture(scope="module")
 def zipped(inputs, tmp_path_factory) -> Path:
     """The same files as ``inputs`` in a zip, in scrambled order, with the folder

@@ -64,6 +64,24 @@ def test_content_skimage_eval_and_generated_styles(tiny_params_file, tmp_path):
     assert manifest["count"] == len(names) and manifest["skipped"] == []
 
 
+def test_eval_output_holding_other_files_is_refused_and_kept(tiny_params_file, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    (tmp_path / "afile.png").write_bytes(b"not ours")
+    for output, message in ((mine, "not a previous evaluation set"), (tmp_path / "afile.png", "is a file")):
+        assert _fetch("eval", "--params", str(tiny_params_file), "--output", str(output)) == 2
+        err = capsys.readouterr().err
+        assert f"{output}: " in err and message in err, err
+    assert (mine / "notes.txt").read_text() == "keep me\n" and [f.name for f in mine.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "afile.png").read_bytes() == b"not ours"
+    # its own previous output (PNGs only) is replaced
+    assert _fetch("eval", "--params", str(tiny_params_file), "--output", str(tmp_path / "eval")) == 0
+    (tmp_path / "eval" / "stale.png").write_bytes((tmp_path / "eval" / "rocket.png").read_bytes())
+    assert _fetch("eval", "--params", str(tiny_params_file), "--output", str(tmp_path / "eval")) == 0
+    assert not (tmp_path / "eval" / "stale.png").exists()
+
+
 def test_loss_network_random_has_torchvision_keys(tiny_params_file, tmp_path):
     out = tmp_path / "models" / "vgg16_features.pth"
     assert _fetch("loss-network", "--params", str(tiny_params_file), "--output", str(out)) == 0

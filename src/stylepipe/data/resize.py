@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stylepipe.data.images import ImageError, decode, is_jpeg, jpeg_frame, open_image, pixel_limit, to_rgb, upright
-from stylepipe.data.shards import ShardWriter, atomic_directory
+from stylepipe.data.shards import MANIFEST, ShardWriter, atomic_directory
 
 RESAMPLE = "bilinear, antialiased (torch.nn.functional.interpolate), short side to N then centre crop N x N"
 
@@ -255,6 +255,11 @@ def resize_folder(
                          f"(`stylepipe fetch content` writes one)")
     if size < 1:
         raise ValueError(f"--size must be positive, got {size}")
+    output_dir = Path(output_dir)
+    if output_dir.resolve() in (input_dir.resolve(), *input_dir.resolve().parents):
+        raise ValueError(f"{output_dir}: the output would replace the input {input_dir}; give another folder")
+    target = atomic_directory(output_dir, ours=lambda path: (path / MANIFEST).is_file(), what="resized set")
+    target.check()  # before any work: refuse to replace what `resize` did not write
     try:
         files = list_members(input_dir) if is_zip else list_files(input_dir)
     except zipfile.BadZipFile as err:
@@ -275,7 +280,7 @@ def resize_folder(
         else:
             torch.set_num_threads(1)  # same kernels, same bytes as the workers
             results = map(_work, jobs)
-        with atomic_directory(output_dir) as tmp:
+        with target as tmp:
             writer = ShardWriter(tmp, size, per_shard)
             with writer:
                 for rel, data, reason in results:

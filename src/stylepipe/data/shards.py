@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -140,14 +140,38 @@ def _umask() -> int:
     return mask
 
 
+class OutputNotOurs(ValueError):
+    """The output path holds something this command did not write; replacing it would lose it."""
+
+
 class atomic_directory:
     """Context manager: yield a fresh temporary directory beside ``path``; on
-    success it replaces ``path``, on error it is removed (no half-written output)."""
+    success it replaces ``path``, on error it is removed (no half-written output).
 
-    def __init__(self, path: str | Path):
+    ``ours(path)`` tells whether an existing, non-empty ``path`` is a previous
+    output of the same command, which may be replaced; anything else (a file, a
+    folder of the user's photos) is refused before any work starts, since the
+    swap would delete it. Without ``ours``, any old folder is replaced.
+    """
+
+    def __init__(self, path: str | Path, ours: Callable[[Path], bool] | None = None, what: str = "output"):
         self.path = Path(path)
+        self.ours = ours
+        self.what = what
+
+    def check(self) -> None:
+        """Raise :class:`OutputNotOurs` unless ``path`` is absent, an empty folder or ours to replace."""
+        path = self.path
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise OutputNotOurs(f"{path}: is a file, not a folder; give a new folder for the {self.what}")
+        if self.ours is not None and path.is_dir() and any(path.iterdir()) and not self.ours(path):
+            raise OutputNotOurs(
+                f"{path}: folder already holds files that are not a previous {self.what}, and writing "
+                f"there replaces the whole folder; give a new or empty folder (or delete this one yourself)"
+            )
 
     def __enter__(self) -> Path:
+        self.check()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent))
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; outputs are shared

@@ -33,7 +33,7 @@ from PIL import Image
 from stylepipe.config import load_params, style_source
 from stylepipe.data.download import DOWNLOAD_CACHE, DOWNLOAD_CACHE_VARIABLE, DownloadError, cache_path, download
 from stylepipe.data.images import ImageError, load_rgb
-from stylepipe.data.shards import atomic_directory
+from stylepipe.data.shards import OutputNotOurs, atomic_directory
 from stylepipe.io import atomic_path
 
 WHAT = ("content", "eval", "style", "loss-network")
@@ -146,7 +146,14 @@ def fetch_eval(params: Mapping, output: Path, downloads: Path | None = None) -> 
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SourceError(f"key data.eval: names must be unique, repeated: {', '.join(duplicates)}")
-    with atomic_directory(output) as tmp:
+    # a previous evaluation set is a flat folder of PNGs; anything else is not ours to replace
+    target = atomic_directory(output, what="evaluation set",
+                              ours=lambda path: all(f.is_file() and f.suffix == ".png" for f in path.iterdir()))
+    try:
+        target.check()
+    except OutputNotOurs as err:
+        raise SourceError(str(err)) from err
+    with target as tmp:
         for i, item in enumerate(items):
             image = _image_from_source(item, f"data.eval[{i}] ({item['name']})", downloads, params["seed"])
             _save_png(image, tmp / f"{item['name']}.png")
