@@ -48,6 +48,14 @@ def test_style_overrides_apply_to_one_style(tmp_path):
         (lambda p: p["styles"]["waves"].update(style_wieght=1.0), "styles.waves.style_wieght"),
         (lambda p: p["styles"]["waves"].update(style_weight="big"), "styles.waves.style_weight"),
         (lambda p: p["styles"].update(missing={"file": "no/such/style.jpg"}), "styles.missing.file"),
+        (lambda p: p["styles"]["waves"].update(resources={"gpu": -1}), "key styles.waves.resources.gpu:"),
+        (lambda p: p["styles"]["waves"].update(resources={"gpus": 1}), "key styles.waves.resources.gpus: not a resource"),
+        (lambda p: p["styles"].update({1: {"generate": "waves"}}), "style name 1 is a number; quote it"),
+        (lambda p: p.update(seed=2**40), "key seed:"),
+        # combinations the schema cannot see: refused when the params are read (a plan fails), not at training
+        (lambda p: p["train"].update(style_layer_weights=[1.0]), "train.style_layer_weights has 1 entries"),
+        (lambda p: p["train"].update(max_steps=0), "train.max_steps is 0"),
+        (lambda p: p["styles"]["waves"].update(max_steps=0), "(style waves: train with its overrides)"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, key):

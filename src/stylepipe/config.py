@@ -215,23 +215,27 @@ def validate(params: Mapping, source: str = "params") -> None:
     source_schema = {"$defs": schema["$defs"], **schema["$defs"]["image_source"]}
     resources_schema = schema["properties"]["resources"]["additionalProperties"]
     for name, entry in params["styles"].items():
+        if not isinstance(name, str):
+            # YAML reads an unquoted 1 or 2024 as a number; file names and Snakemake wildcards need text
+            raise ParamsError(f"{source}: key styles: style name {name!r} is a number; quote it: '{name}':")
         src = {k: v for k, v in entry.items() if k in SOURCE_KEYS}
         overrides = {k: v for k, v in entry.items() if k not in SOURCE_KEYS and k != "resources"}
-        for sub, sub_schema, what in (
-            (src, source_schema, "image source (one of url, file, skimage, generate)"),
-            (overrides, train_schema, "override of a train value"),
-            (entry.get("resources", {}), resources_schema, "resources"),
+        for sub, sub_schema, what, prefix in (
+            (src, source_schema, "image source (one of url, file, skimage, generate)", f"styles.{name}"),
+            (overrides, train_schema, "override of a train value", f"styles.{name}"),
+            (entry.get("resources", {}), resources_schema, "resources", f"styles.{name}.resources"),
         ):
             errs = list(_validator(sub_schema).iter_errors(sub))
             if errs:
                 err = jsonschema.exceptions.best_match(errs)
                 inner = _key_path(err)
-                key = f"styles.{name}" + ("" if inner == "<top level>" else f".{inner}")
+                key = prefix + ("" if inner == "<top level>" else f".{inner}")
                 if err.validator == "additionalProperties":
                     extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+                    allowed = ("an image source key nor a train value" if what != "resources" else
+                               f"a resource ({', '.join(err.schema.get('properties', {}))})")
                     raise ParamsError(
-                        f"{source}: unknown key styles.{name}.{extra[0]}: not an image source key "
-                        f"nor a train value; remove it or fix its spelling"
+                        f"{source}: unknown key {prefix}.{extra[0]}: not {allowed}; remove it or fix its spelling"
                     )
                 raise ParamsError(f"{source}: key {key}: {err.message}{_hint(err)} (expected a valid {what})")
         if "file" in src and not Path(src["file"]).is_file():
@@ -239,9 +243,32 @@ def validate(params: Mapping, source: str = "params") -> None:
                 f"{source}: key styles.{name}.file: style image {src['file']} does not exist; "
                 "fix the path or give a url instead"
             )
+    for name in params["styles"]:
+        # combinations the schema cannot express, checked here so that a plan (`snakemake -n`,
+        # `dvc repro`) fails before hours of download and resize rather than at training
+        try:
+            check_train_values(train_params(params, name))
+        except ValueError as err:
+            overridden = set(params["styles"][name]) - {*SOURCE_KEYS, "resources"}
+            where = f" (style {name}: train with its overrides)" if overridden else ""
+            raise ParamsError(f"{source}: {err}{where}") from None
     content = params["data"]["content"]
     if "folder" in content and not Path(content["folder"]).is_dir():
         raise ParamsError(f"{source}: key data.content.folder: folder {content['folder']} does not exist")
+
+
+def check_train_values(tp: dict) -> None:
+    """Refuse combinations the schema cannot see that would train nothing or ignore a setting."""
+    if tp.get("style_layer_weights") and len(tp["style_layer_weights"]) != len(tp["style_layers"]):
+        raise ValueError(f"train.style_layer_weights has {len(tp['style_layer_weights'])} entries but "
+                         f"train.style_layers has {len(tp['style_layers'])}: give one weight per style layer")
+    if tp["max_steps"] == 0:
+        raise ValueError("train.max_steps is 0, which trains nothing: give a number of optimizer steps, "
+                         "or -1 to run train.epochs epochs")
+    if tp["early_stopping_patience"] and 0 < tp["max_steps"] < tp["val_check_interval"]:
+        raise ValueError(f"train.early_stopping_patience is set but train.val_check_interval "
+                         f"({tp['val_check_interval']}) exceeds train.max_steps ({tp['max_steps']}): the run would "
+                         "never validate, so never stop early; lower val_check_interval or set the patience to null")
 
 
 def style_names(params: Mapping) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from stylepipe.config import load_params, style_resources, train_params
+from stylepipe.config import check_train_values, load_params, style_resources, train_params
 from stylepipe.io import atomic_path, check_writable, write_json
 
 
@@ -144,17 +144,6 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
         enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
     )
-
-
-def check_train_values(tp: dict) -> None:
-    """Refuse combinations the schema cannot see that would train nothing or ignore a setting."""
-    if tp["max_steps"] == 0:
-        raise ValueError("train.max_steps is 0, which trains nothing: give a number of optimizer steps, "
-                         "or -1 to run train.epochs epochs")
-    if tp["early_stopping_patience"] and 0 < tp["max_steps"] < tp["val_check_interval"]:
-        raise ValueError(f"train.early_stopping_patience is set but train.val_check_interval "
-                         f"({tp['val_check_interval']}) exceeds train.max_steps ({tp['max_steps']}): the run would "
-                         "never validate, so never stop early; lower val_check_interval or set the patience to null")
 
 
 NODE_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK")
