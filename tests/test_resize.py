@@ -222,6 +222,37 @@ def test_an_output_that_is_not_a_previous_resize_is_refused_and_kept(inputs, res
     assert cli(["resize", "--input", str(photos), "--output", str(tmp_path / "empty"), "--size", "4"]) == 0
 
 
+def test_ctrl_c_ends_with_one_line_and_leaves_nothing(tmp_path):
+    """^C in a terminal reaches the command and its worker processes: one line, status 130, no traceback
+    from any process, and neither the output nor its temporary folder is left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(photos / "p000.jpg", quality=90)
+    for i in range(1, 400):
+        os.link(photos / "p000.jpg", photos / f"p{i:03d}.jpg")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(["stylepipe", "resize", "--input", str(photos), "--output", str(out), "--size", "64",
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.*.part")):  # the pool is working and the temporary folder exists
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert "stylepipe resize: interrupted" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
 @pytest.fixture(scope="module")
 def zipped(inputs, tmp_path_factory) -> Path:
     """The same files as ``inputs`` in a zip, in scrambled order, with the folder

@@ -244,6 +244,27 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
         f"resuming from {setup / 'c' / 'scratch' / 'preempted.ckpt'}", f"finished at step {MAX_STEPS}"]
 
 
+def test_ctrl_c_in_a_terminal_checkpoints_like_sigterm_and_resumes(setup, uninterrupted):
+    """^C reaches every process of the terminal's group, data loader workers included: the step still
+    finishes, is checkpointed, and the rerun ends with the uninterrupted run's weights."""
+    cmd = variant(setup, "ctrl-c", num_workers=2)  # an operational value: the same run
+    scratch = setup / "ctrl-c" / "scratch"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (scratch / "last.ckpt").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no last.ckpt appeared"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "interrupted by SIGINT" in stderr and "Run the same command again to resume" in stderr
+    assert "Traceback" not in stderr and "exited unexpectedly" not in stderr
+    resumed = train(setup, "ctrl-c", cmd)
+    assert "resuming from" in resumed.stderr
+    assert_identical(uninterrupted / "waves.pth", setup / "ctrl-c" / "waves.pth")
+
+
 def test_killed_right_after_a_validating_steps_checkpoint_resumes_with_that_validation(setup, uninterrupted):
     # checkpoints every 3 steps, as it validates (an operational value: the same run as the uninterrupted
     # one); SIGKILL leaves nothing to act on, so the run resumes from step 3's periodic checkpoint, which

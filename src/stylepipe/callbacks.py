@@ -36,7 +36,7 @@ from stylepipe.io import atomic_path
 CURVE_COLUMNS = ["step", "content_loss", "style_loss", "tv_loss", "total_loss", "lr"]
 LOSS_NAMES = CURVE_COLUMNS[1:5]
 VAL_CURVE_COLUMNS = ["step", *LOSS_NAMES]
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SIGINT: ^C in a terminal
 # Where checkpoints keep the states of Curves and Finished: the names they have had since these
 # classes were defined inside a function of train.py. Kept, so that checkpoints written before
 # resume whole (their curves, their finished mark) and the exported final checkpoint keeps its bytes.
@@ -73,7 +73,7 @@ def signal_handlers_kept(signals: tuple[int, ...] = PREEMPT_SIGNALS) -> Iterator
 
 
 class Preemption(Callback):
-    """SIGTERM/SIGUSR1 → finish the step, checkpoint into scratch, stop with an error.
+    """SIGTERM/SIGUSR1/SIGINT → finish the step, checkpoint into scratch, stop with an error.
 
     Its handler goes in at setup, before Lightning registers its own:
     Lightning leaves a signal that has a handler already to it, so its Slurm
@@ -97,6 +97,8 @@ class Preemption(Callback):
         self._step = 0
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # ^C twice: stop now, without the checkpoint
         self.signum = signum
 
     def _install(self) -> None:

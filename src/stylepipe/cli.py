@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from stylepipe import __version__
@@ -80,3 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"stylepipe {name}: error: {user_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("STYLEPIPE_TRACEBACK"):
+            raise
+        # every output is written whole or not at all, so what is there is complete
+        print(f"stylepipe {name}: interrupted (^C); outputs not yet finished were not written", file=sys.stderr)
+        return 128 + signal.SIGINT

@@ -16,6 +16,9 @@ batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,6 +50,16 @@ def list_images(folder: str | Path) -> list[Path]:
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
+
+
+def _worker_init(worker_id: int, rank: int) -> None:
+    """A loader worker ignores ^C: the terminal sends it to every process, and the training
+    process finishes its step and checkpoints with the workers still feeding it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning installs when no worker_init_fn is given
+        from lightning_fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank)
 
 class FolderImages(Dataset):
     """A folder of images of any size → uint8 [3, size, size] tensors, as `stylepipe resize` makes them.
@@ -233,6 +246,7 @@ class ContentDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=on_gpu,
             persistent_workers=False,
+            worker_init_fn=functools.partial(_worker_init, rank=self.trainer.global_rank if self.trainer else 0),
         )
 
     def train_dataloader(self) -> DataLoader:

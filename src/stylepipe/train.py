@@ -8,7 +8,7 @@ checkpoint of the same configuration in ``--scratch`` (``stylepipe.resume``);
 the callbacks that keep the curves, act on signals and write checkpoints are
 in ``stylepipe.callbacks``.
 
-On SIGTERM or SIGUSR1 the current step finishes, a checkpoint is written to
+On SIGTERM, SIGUSR1 or SIGINT (^C) the current step finishes, a checkpoint is written to
 ``--scratch`` and the command exits with status 128 + signal number, so
 Snakemake and Slurm see that the step did not finish; running the same
 command again continues from there and ends with the same weights (on CPU,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
 import sys
 import warnings
 import zipfile
@@ -232,6 +233,8 @@ def _work(job: tuple[str, bool, str, int, int | None]) -> tuple[str, bytes | Non
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    # ^C reaches every process of the terminal's group: the parent stops the pool, the workers say nothing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def resize_folder(
