@@ -91,3 +91,16 @@ def test_shard_not_matching_manifest_is_a_clear_error(shard_dir):
     np.save(shard_dir / "shard-00002.npy", np.zeros((2, 3, 8, 8), np.uint8))  # manifest says 1 image
     with pytest.raises(ValueError, match="shard-00002.npy.*re-run `stylepipe resize`"):
         ShardReader(shard_dir)[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "garbage"])
+def test_damaged_shard_names_the_file_and_the_fix(shard_dir, damage):
+    shard = shard_dir / "shard-00001.npy"
+    if damage == "truncate":  # a copy cut short: the header is intact, the data is not
+        shard.write_bytes(shard.read_bytes()[:200])
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(b"not an array")
+    with pytest.raises(ValueError, match="shard-00001.npy: unreadable shard .*re-run `stylepipe resize`"):
+        ShardReader(shard_dir)[0]

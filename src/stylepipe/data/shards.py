@@ -227,11 +227,16 @@ class ShardReader:
         if self._arrays is None or self._pid != os.getpid():
             arrays = []
             for shard in self.manifest["shards"]:
-                arr = np.load(self.path / shard["file"], mmap_mode="r")
+                file = self.path / shard["file"]
+                try:
+                    arr = np.load(file, mmap_mode="r")
+                except (OSError, ValueError) as err:  # missing, cut short (mmap length), not .npy
+                    raise ValueError(f"{file}: unreadable shard ({err}); it may be truncated or damaged: "
+                                     f"re-run `stylepipe resize`") from err
                 expected = (int(shard["count"]), 3, self.image_size, self.image_size)
                 if arr.shape != expected or arr.dtype != np.uint8:
                     raise ValueError(
-                        f"{self.path / shard['file']}: shape {arr.shape} {arr.dtype}, manifest says "
+                        f"{file}: shape {arr.shape} {arr.dtype}, manifest says "
                         f"{expected} uint8; re-run `stylepipe resize`"
                     )
                 arrays.append(arr)
