@@ -242,6 +242,14 @@ def test_onnx_of_another_network_is_refused(tmp_path):
         load_runner(tmp_path / "other.onnx", "cpu")
 
 
+def test_onnx_export_with_a_fixed_image_size_is_refused_at_load(tmp_path):
+    """An export without dynamic axes runs only at its own size: say so before any image, not at the first."""
+    torch.onnx.export(TransformerNet().eval(), (torch.rand(1, 3, 64, 64) * 255,), str(tmp_path / "fixed.onnx"),
+                      input_names=["input"], output_names=["output"], dynamo=False)
+    with pytest.raises(ValueError, match=r"fixed\.onnx: exported for 64x64 images only .*stylepipe train --onnx"):
+        load_runner(tmp_path / "fixed.onnx", "cpu")
+
+
 def test_unavailable_mps_is_a_clear_error(models, images, tmp_path, capsys):
     _, pth, _ = models
     if torch.backends.mps.is_available():

@@ -122,10 +122,14 @@ def _onnx_runner(model: bytes | str, device: torch.device) -> Runner:
         found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
         raise ValueError(f"{model}: an ONNX model, but not a TransformerNet export (inputs: {found}; "
                          f"expected one 'input' [batch, 3, height, width]); {fix}")
+    batch, _, height, width = inputs[0].shape  # a dynamic axis is a name (str) or None, a fixed one an int
+    if isinstance(height, int) or isinstance(width, int):
+        raise ValueError(f"{model}: exported for {height}x{width} images only (fixed height and width); "
+                         f"stylizing takes any size: {fix}")
 
     # on a CPU, one image at a time, as the PyTorch runner: as fast per image at 512 px, and the
     # memory is one image's (about 1 GB per megapixel), not the batch's
-    one_by_one = session.get_providers()[0] == "CPUExecutionProvider"
+    one_by_one = session.get_providers()[0] == "CPUExecutionProvider" or isinstance(batch, int)
     note = ""
     if one_by_one and device.type != "cpu":  # a CPU-only onnxruntime, or its CUDA provider failed to load
         note = f"this onnxruntime cannot use {device.type}: pass the .pth model to run on {device.type}"
