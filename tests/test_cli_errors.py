@@ -268,3 +268,27 @@ def test_stylize_names_an_image_too_large_for_the_memory(files, tmp_path, engine
     assert f"{tmp_path / 'big photo.jpg'} (6000x4000 px): out of memory" in line
     assert "--max-size 3000" in line
     assert [p.name for p in out.iterdir()] == ["photo1.png"]  # the image that fits is written
+
+
+def test_a_write_that_fails_names_the_output_not_its_temporary_file(tmp_path):
+    """Outputs are written under a temporary name and renamed: an error must name the output."""
+    import errno
+
+    from stylepipe.io import atomic_path, write_json
+
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(OSError) as err:
+        write_json(tmp_path / "adir", {"a": 1})
+    assert cli.user_message(err.value) == f"{tmp_path / 'adir'}: is a folder; give a file name (the output was not written)"
+    # a full disk names no file at all (write() only knows a descriptor)
+    with pytest.raises(OSError) as err:
+        with atomic_path(tmp_path / "m.json") as tmp:
+            tmp.write_text("{")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert cli.user_message(err.value) == f"{tmp_path / 'm.json'}: No space left on device (the output was not written)"
+    # an error about another file (an input read inside the block) keeps its own name
+    with pytest.raises(FileNotFoundError) as err:
+        with atomic_path(tmp_path / "n.json"):
+            (tmp_path / "missing-input.png").read_bytes()
+    assert "missing-input.png" in cli.user_message(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]

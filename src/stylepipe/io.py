@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -19,7 +20,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as err:
+        raise _about_output(err, path) from err
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; outputs get the usual permissions of a new file
@@ -27,8 +31,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        # the temporary name means nothing to the user: name the output (a full disk names no file at all)
+        if err.filename in (str(tmp_path), tmp_path) or (err.filename is None and err.errno in _DISK_FULL):
+            raise _about_output(err, path) from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _about_output(err: OSError, path: Path) -> OSError:
+    reason = err.strerror or str(err)
+    if path.is_dir():
+        reason = "is a folder; give a file name"
+    return type(err)(err.errno, f"{reason} (the output was not written)", str(path))
 
 
 def check_writable(folder: Path, flag: str) -> None:
