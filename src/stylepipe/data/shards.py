@@ -162,7 +162,7 @@ class atomic_directory:
     def check(self) -> None:
         """Raise :class:`OutputNotOurs` unless ``path`` is absent, an empty folder or ours to replace."""
         path = self.path
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
+        if path.exists() and not path.is_dir():  # a link to a folder counts as the folder, as before
             raise OutputNotOurs(f"{path}: is a file, not a folder; give a new folder for the {self.what}")
         if self.ours is not None and path.is_dir() and any(path.iterdir()) and not self.ours(path):
             raise OutputNotOurs(
