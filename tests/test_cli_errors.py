@@ -240,34 +240,104 @@ def test_train_refuses_an_unwritable_output_before_training(files, tmp_path, tin
 
 # --- 7. an image too large for the memory: named, with what to do ---------------------------------
 
-# Caps this process's address space 2 GB above what it has mapped once PyTorch and onnxruntime are loaded,
-# so that a large photograph runs out of memory at once, as it would on a small machine
+# Caps this process's address space (RLIMIT_AS, `ulimit -v`) or its heap (RLIMIT_DATA, `ulimit -d`)
+# 2 GB above what it has mapped once PyTorch and onnxruntime are loaded, as a small machine would.
+# stylize sees the first and refuses up front; the second it cannot see, so the allocation itself fails.
 _CAPPED_STYLIZE = """
 import resource, sys
 import onnxruntime, torch
 from stylepipe import cli
-status = open("/proc/self/status").read()
-mapped = int(status.split("VmSize:")[1].split()[0]) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (mapped + (2 << 30), resource.RLIM_INFINITY))
-sys.exit(cli.main(sys.argv[1:]))
+limit, field = {"as": (resource.RLIMIT_AS, "VmSize:"), "data": (resource.RLIMIT_DATA, "VmData:")}[sys.argv[1]]
+mapped = int(open("/proc/self/status").read().split(field)[1].split()[0]) * 1024
+resource.setrlimit(limit, (mapped + (2 << 30), resource.RLIM_INFINITY))
+sys.exit(cli.main(sys.argv[2:]))
 """
+
+
+def _capped_stylize(files, tmp_path, cap, engine, *options, returncode=2):
+    # 6000 x 4000 (a 24 MP photograph): the first convolution's output alone is 3 GB in float32
+    big = tmp_path / "big photo.jpg"
+    if not big.exists():
+        Image.new("RGB", (6000, 4000), (90, 120, 150)).save(big)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _CAPPED_STYLIZE, cap, "stylize", "--model", str(files / "model.pth"),
+                           "--output", str(out), "--device", "cpu", "--engine", engine, "--precision", "fp32",
+                           *options, str(files / "content" / "photo1.jpg"), str(big)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == returncode, proc.stderr[-3000:]
+    written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    return (one_error_line(proc.stderr, "stylize") if returncode else proc.stdout), written
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
-def test_stylize_names_an_image_too_large_for_the_memory(files, tmp_path, engine):
-    # 6000 x 4000 (a 24 MP photograph): the first convolution's output alone is 3 GB in float32
-    Image.new("RGB", (6000, 4000), (90, 120, 150)).save(tmp_path / "big photo.jpg")
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", _CAPPED_STYLIZE, "stylize", "--model", str(files / "model.pth"),
-                           "--output", str(out), "--device", "cpu", "--engine", engine, "--precision", "fp32",
-                           str(files / "content" / "photo1.jpg"), str(tmp_path / "big photo.jpg")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    line = one_error_line(proc.stderr, "stylize")
+def test_stylize_refuses_up_front_an_image_too_large_for_the_memory_left(files, tmp_path, engine):
+    """Where overcommitted memory would let the kernel kill the process without a word, it is refused first."""
+    line, written = _capped_stylize(files, tmp_path, "as", engine)
+    assert f"{tmp_path / 'big photo.jpg'} (6000x4000 px): too large to stylize in {engine} fp32 on cpu" in line
+    assert "free under the address-space limit (ulimit -v)" in line
+    # at least 18-22 GB needed, under 2 GB free: the edge that fits is under a third of 6000, in steps of 64
+    max_size = int(line.split("--max-size ")[1].split()[0])
+    assert 512 <= max_size <= 2048 and max_size % 64 == 0, line
+    assert written == [], "stylized before refusing"
+    # and the size it offers does fit under the same limit
+    _, written = _capped_stylize(files, tmp_path, "as", engine, "--max-size", str(max_size), returncode=0)
+    assert written == ["big photo.png", "photo1.png"]
+    with Image.open(tmp_path / "out" / "big photo.png") as img:
+        assert img.size == (max_size, max_size * 2 // 3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_DATA and /proc (Linux)")
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_stylize_names_an_image_that_runs_out_of_memory(files, tmp_path, engine):
+    """A limit the up-front check cannot see: the failed allocation is named, with what to do."""
+    line, written = _capped_stylize(files, tmp_path, "data", engine)
     assert f"{tmp_path / 'big photo.jpg'} (6000x4000 px): out of memory" in line
     assert "--max-size 3000" in line
-    assert [p.name for p in out.iterdir()] == ["photo1.png"]  # the image that fits is written
+    assert written == ["photo1.png"]  # the image that fits is written
+
+
+def test_available_memory_is_the_tightest_of_the_machine_and_cgroup_limits(tmp_path):
+    from stylepipe.memory import available_memory
+
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n")
+    (proc / "self" / "status").write_text("VmSize:  1000 kB\n")
+    (proc / "self" / "cgroup").write_text("0::/\n")
+    root.mkdir()
+    (root / "memory.max").write_text("max\n")  # cgroup v2 without a limit: the machine's memory counts
+    free = available_memory(proc, root)
+    if free.limit == "the address-space limit (ulimit -v)":
+        pytest.skip("this test runs under a tighter ulimit -v")
+    assert (free.bytes, free.limit) == (20_000_000 * 1024, "the machine's available memory")
+
+    # a Slurm job's cgroup (v2): 8 GB limit, 5 GB used of which 1 GB is page cache the kernel reclaims first
+    job = root / "system.slice" / "slurmstepd.scope" / "job_42"
+    job.mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text("0::/system.slice/slurmstepd.scope/job_42\n")
+    (job / "memory.max").write_text(f"{8 << 30}\n")
+    (job / "memory.current").write_text(f"{5 << 30}\n")
+    (job / "memory.stat").write_text(f"anon {4 << 30}\ninactive_file {1 << 30}\n")
+    (root / "memory.current").write_text("1\n")
+    free = available_memory(proc, root)
+    assert (free.bytes, free.limit) == (4 << 30, "the cgroup's memory limit")
+    # a tighter limit on a cgroup above it counts too
+    (job.parent / "memory.max").write_text(f"{6 << 30}\n")
+    (job.parent / "memory.current").write_text(f"{5 << 30}\n")
+    assert available_memory(proc, root).bytes == 1 << 30
+
+    # cgroup v1, inside a container whose cgroup is the mount's root (the host's path is not there)
+    v1 = tmp_path / "cgroup1"
+    (v1 / "memory").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text("4:memory:/docker/abc123\n1:cpu:/\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{3 << 30}\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{1 << 30}\n")
+    (v1 / "memory" / "memory.stat").write_text("total_inactive_file 0\n")
+    assert available_memory(proc, v1).bytes == 2 << 30
+    # v1's "no limit" is 2**63 rounded down to a page
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert available_memory(proc, v1).limit == "the machine's available memory"
 
 
 def test_a_write_that_fails_names_the_output_not_its_temporary_file(tmp_path):

@@ -22,13 +22,13 @@ import math
 import sys
 from pathlib import Path
 
-from stylepipe.stylize.batches import OutOfMemory, UnreadableImages, stylize_files
+from stylepipe.stylize.batches import OutOfMemory, TooLargeForMemory, UnreadableImages, stylize_files
 from stylepipe.stylize.inputs import expand_inputs
 from stylepipe.stylize.outputs import OUTPUT_FORMATS, check_output_folders, output_paths
 from stylepipe.stylize.runners import PRECISIONS, Runner, load_runner, stylize_tensor
 
-__all__ = ["OutOfMemory", "Runner", "UnreadableImages", "add_arguments", "load_runner", "main", "stylize_files",
-           "stylize_tensor"]
+__all__ = ["OutOfMemory", "Runner", "TooLargeForMemory", "UnreadableImages", "add_arguments", "load_runner", "main",
+           "stylize_files", "stylize_tensor"]
 
 
 def positive_int(text: str) -> int:
