@@ -165,3 +165,16 @@ def test_a_count_written_as_a_float_is_refused_naming_the_key(tmp_path, key, tex
     path.write_text(yaml.safe_dump(params).replace("PLACEHOLDER", text))
     with pytest.raises(ParamsError, match=rf"key {key}: .*not of type 'integer' \(write a whole number .*\)"):
         load_params([path])
+
+
+@pytest.mark.parametrize("key, text", [("train.lr", ".nan"), ("train.style_weight", ".inf"),
+                                       ("styles.waves.content_weight", "-.inf"), ("train.max_steps", ".inf")])
+def test_nan_and_infinity_are_refused_naming_the_key(tmp_path, key, text):
+    """.nan passes every bound of the schema (each comparison with it is false): a run would train on NaN."""
+    params = tiny_params_dict()
+    section, *_, name = key.split(".")
+    (params["train"] if section == "train" else params["styles"]["waves"])[name] = "PLACEHOLDER"
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(params).replace("PLACEHOLDER", text))
+    with pytest.raises(ParamsError, match=rf"key {key}: .*not of type .*\(\.nan and \.inf are no values here"):
+        load_params([path])

@@ -15,6 +15,7 @@ removed.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -149,6 +150,8 @@ def _hint(error: "jsonschema.ValidationError") -> str:
     # every unquoted number is read as one (ParamsLoader), so this one was quoted
     if isinstance(error.instance, str) and _NUMBER_LIKE.match(error.instance):
         return " (a number in quotes is text: remove the quotes)"
+    if isinstance(error.instance, float) and not math.isfinite(error.instance):
+        return " (.nan and .inf are no values here: give a finite number)"
     if isinstance(error.instance, float) and error.instance.is_integer():
         return f" (write a whole number without a dot or an exponent: {int(error.instance)})"
     return ""
@@ -156,12 +159,17 @@ def _hint(error: "jsonschema.ValidationError") -> str:
 
 def _validator(schema: dict) -> "jsonschema.protocols.Validator":
     """A validator of ``schema`` whose integers are whole numbers as YAML reads them, not floats such as 4e4
-    or 16.0 (JSON Schema counts those as integers; Lightning and the data loaders refuse or misread them)."""
+    or 16.0 (JSON Schema counts those as integers; Lightning and the data loaders refuse or misread them),
+    and whose numbers are finite."""
     import jsonschema
 
     base = jsonschema.Draft202012Validator
-    checker = base.TYPE_CHECKER.redefine(
-        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    checker = base.TYPE_CHECKER.redefine_many({
+        "integer": lambda _, value: isinstance(value, int) and not isinstance(value, bool),
+        # .nan passes every bound (each comparison with it is false), .inf most: no value is either
+        "number": lambda _, value: (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                    and math.isfinite(value)),
+    })
     return jsonschema.validators.extend(base, type_checker=checker)(schema)
 
 
