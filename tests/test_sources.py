@@ -65,15 +65,19 @@ def test_content_skimage_eval_and_generated_styles(tiny_params_file, tmp_path):
 
 
 def test_eval_output_holding_other_files_is_refused_and_kept(tiny_params_file, tmp_path, capsys):
-    mine = tmp_path / "mine"
+    mine, pngs = tmp_path / "mine", tmp_path / "my pngs"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me\n")
+    pngs.mkdir()  # someone's PNG photographs look like an evaluation set, but are not one
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(pngs / "holiday.png")
     (tmp_path / "afile.png").write_bytes(b"not ours")
-    for output, message in ((mine, "not a previous evaluation set"), (tmp_path / "afile.png", "is a file")):
+    for output, message in ((mine, "not a previous evaluation set"), (pngs, "not a previous evaluation set"),
+                            (tmp_path / "afile.png", "is a file")):
         assert _fetch("eval", "--params", str(tiny_params_file), "--output", str(output)) == 2
         err = capsys.readouterr().err
         assert f"{output}: " in err and message in err, err
     assert (mine / "notes.txt").read_text() == "keep me\n" and [f.name for f in mine.iterdir()] == ["notes.txt"]
+    assert [f.name for f in pngs.iterdir()] == ["holiday.png"]
     assert (tmp_path / "afile.png").read_bytes() == b"not ours"
     # its own previous output (PNGs only) is replaced
     assert _fetch("eval", "--params", str(tiny_params_file), "--output", str(tmp_path / "eval")) == 0
@@ -162,6 +166,28 @@ def test_content_zip_tar_url_and_folder_sources(tmp_path):
     assert (tmp_path / "c4.zip").read_bytes() == (tmp_path / "c3.zip").read_bytes()  # same files, same zip
 
 
+def test_content_without_a_single_image_is_refused(tmp_path, capsys):
+    """An empty folder or an archive of other files would become an empty content set, and fail later in resize."""
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "README.txt").write_text("photos go here")
+    archive = tmp_path / "notes.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(notes / "README.txt", "README.txt")
+    sources = {"no files": {"folder": str(empty)},
+               "1 file(s), none an image": {"folder": str(notes)},
+               "1 file(s), none an image ": {"url": archive.as_uri(), "md5": hashlib.md5(archive.read_bytes()).hexdigest()}}
+    for found, content in sources.items():
+        params = _params(tmp_path, content=content)
+        assert _fetch("content", "--params", str(params), "--output", str(tmp_path / "c.zip"),
+                      "--downloads", str(tmp_path / "dl")) == 2
+        err = capsys.readouterr().err
+        key = "data.content.folder" if "folder" in content else "data.content.url"
+        assert f"key {key}: " in err and f": {found.strip()} (images are " in err, err
+        assert not (tmp_path / "c.zip").exists()
+
+
 def test_content_tar_with_escaping_member_is_refused(tmp_path, capsys):
     tar = tmp_path / "evil.tar"
     with tarfile.open(tar, "w") as tf:
@@ -182,7 +208,7 @@ def test_eval_from_file_and_url_with_checksum(tmp_path, capsys):
     p = _params(tmp_path, eval=eval_items)
     assert _fetch("eval", "--params", str(p), "--output", str(tmp_path / "eval"),
                   "--downloads", str(tmp_path / "dl")) == 0
-    assert sorted(f.name for f in (tmp_path / "eval").iterdir()) == ["local.png", "remote.png"]
+    assert sorted(f.name for f in (tmp_path / "eval").iterdir()) == [".stylepipe-eval", "local.png", "remote.png"]
 
     eval_items[1]["sha256"] = "0" * 16
     (tmp_path / "dl" / "local" / src.relative_to("/")).unlink()

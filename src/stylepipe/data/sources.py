@@ -140,15 +140,17 @@ def fetch_style(params: Mapping, style: str, output: Path, downloads: Path | Non
     return _save_png(_image_from_source(source, f"styles.{style}", downloads, params["seed"]), output)
 
 
+EVAL_MARK = ".stylepipe-eval"
+
+
 def fetch_eval(params: Mapping, output: Path, downloads: Path | None = None) -> Path:
     items = params["data"]["eval"]
     names = [item["name"] for item in items]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SourceError(f"key data.eval: names must be unique, repeated: {', '.join(duplicates)}")
-    # a previous evaluation set is a flat folder of PNGs; anything else is not ours to replace
-    target = atomic_directory(output, what="evaluation set",
-                              ours=lambda path: all(f.is_file() and f.suffix == ".png" for f in path.iterdir()))
+    # a previous evaluation set carries our mark: a folder of someone's PNGs is not ours to replace
+    target = atomic_directory(output, what="evaluation set", ours=lambda path: (path / EVAL_MARK).is_file())
     try:
         target.check()
     except OutputNotOurs as err:
@@ -157,6 +159,8 @@ def fetch_eval(params: Mapping, output: Path, downloads: Path | None = None) -> 
         for i, item in enumerate(items):
             image = _image_from_source(item, f"data.eval[{i}] ({item['name']})", downloads, params["seed"])
             _save_png(image, tmp / f"{item['name']}.png")
+        # hidden: stylize and evaluate leave hidden files out of a folder's images
+        (tmp / EVAL_MARK).write_text("the evaluation set of `stylepipe fetch eval`, replaced whole when it runs again\n")
     return output
 
 
@@ -214,6 +218,17 @@ def _folder_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
+def _require_images(names: list[str], where: str) -> None:
+    """Refuse a content set without a single image file (resize would find nothing to train on)."""
+    from stylepipe.datamodule import IMAGE_SUFFIXES
+
+    if any(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in names):
+        return
+    found = f"{len(names)} file(s), none an image" if names else "no files"
+    raise SourceError(f"{where}: {found} (images are {', '.join(sorted(IMAGE_SUFFIXES))} files); "
+                      "point it at the training photographs")
+
+
 def _folder_members(folder: Path) -> Iterator[tuple[str, int, Iterator[bytes]]]:
     from tqdm import tqdm
 
@@ -266,10 +281,16 @@ def fetch_content(params: Mapping, output: Path, downloads: Path | None = None) 
         try:
             download(content["url"], archive, md5=content.get("md5"), sha256=content.get("sha256"), lock=True)
             if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as zf:
+                    _require_images([i.filename for i in zf.infolist() if not i.is_dir()],
+                                    f"key data.content.url: {archive}")
                 with atomic_path(output) as tmp:
                     tmp.unlink()
                     _link_or_copy(archive, tmp)
             elif tarfile.is_tarfile(archive):
+                with tarfile.open(archive) as tf:
+                    _require_images([m.name for m in tf.getmembers() if m.isfile()],
+                                    f"key data.content.url: {archive}")
                 pack_zip(_tar_members(archive), output)
             else:
                 raise ArchiveError(f"{archive}: not a zip or tar archive")
@@ -279,6 +300,7 @@ def fetch_content(params: Mapping, output: Path, downloads: Path | None = None) 
         folder = Path(content["folder"])
         if not folder.is_dir():
             raise SourceError(f"key data.content.folder: {folder} is not a folder")
+        _require_images(_folder_files(folder), f"key data.content.folder: {folder}")
         pack_zip(_folder_members(folder), output)
     else:
         pack_zip(_skimage_members(list(content["skimage"])), output)
