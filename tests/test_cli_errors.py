@@ -185,6 +185,61 @@ def test_report_and_evaluate_user_errors(files, tmp_path, tiny_params_file, caps
     assert code == 2 and "bad.json" in one_error_line(err, "evaluate")
     assert not (tmp_path / "metrics.json").exists()
 
+    # a second output that cannot be written fails before the first is written, not after
+    (tmp_path / "speed-folder").mkdir()
+    code, err = run_cli(capsys, *evaluate, "--stylized", eval_dir, "--train-summary", tmp_path / "summary.json",
+                        "--speed", tmp_path / "speed-folder")
+    assert code == 2
+    assert one_error_line(err, "evaluate") == f"stylepipe evaluate: error: --speed {tmp_path / 'speed-folder'}: is a folder; give a file path"
+    assert not (tmp_path / "metrics.json").exists()
+    code, err = run_cli(capsys, *evaluate, "--stylized", eval_dir, "--train-summary", tmp_path / "summary.json",
+                        "--speed", tmp_path / "metrics.json")
+    assert code == 2 and "--output and --speed are both" in one_error_line(err, "evaluate")
+
+
+def test_report_and_compare_refuse_an_image_name_of_another_format(capsys, tiny_params_file, tmp_path):
+    """The gallery and the contact sheet are PNGs, the curves SVG: a .jpg name would hold PNG bytes."""
+    report = ["report", "--params", tiny_params_file, "--metrics-dir", tmp_path, "--eval-images", tmp_path,
+              "--stylized-root", tmp_path, "--output", tmp_path / "m.json"]
+    code, err = run_cli(capsys, *report, "--gallery", tmp_path / "g.jpg")
+    assert code == 2
+    assert one_error_line(err, "report") == f"stylepipe report: error: --gallery {tmp_path / 'g.jpg'}: written as PNG; give a name ending in .png"
+    code, err = run_cli(capsys, *report, "--gallery", tmp_path / "g.png", "--curves", tmp_path / "c.png",
+                        "--train-dir", tmp_path)
+    assert code == 2 and "--curves" in err and "ending in .svg" in one_error_line(err, "report")
+    code, err = run_cli(capsys, *report, "--gallery", tmp_path / "m.json")
+    assert code == 2 and "--output and --gallery are both" in one_error_line(err, "report")
+    assert not (tmp_path / "m.json").exists()
+
+    code, err = run_cli(capsys, "compare", "--repo", tmp_path, "--output", tmp_path / "c.html",
+                        "--png", tmp_path / "sheet.jpg")
+    assert code == 2 and "--png" in err and "ending in .png" in one_error_line(err, "compare")
+    assert not (tmp_path / "c.html").exists()
+
+
+@pytest.mark.parametrize("command, option, value, says", [
+    ("resize", "--workers", "0", "0 is not positive"),
+    ("resize", "--images-per-shard", "0", "0 is not positive"),
+    ("resize", "--max-pixels", "-5", "-5 is not positive"),
+    ("resize", "--size", "big", "'big' is not a whole number"),
+    ("download", "--retries", "-1", "-1 is negative: give 0 or more"),
+    ("compare", "--max-image-size", "-1", "-1 is negative: give 0 or more"),
+    ("stylize", "--batch-size", "0", "0 is not positive"),
+    ("stylize", "--scale", "nan", "nan is not a positive number"),
+])
+def test_numeric_options_out_of_range_are_refused_naming_the_option(capsys, tmp_path, command, option, value, says):
+    required = {
+        "resize": ["--input", tmp_path, "--output", tmp_path / "out", "--size", "8"],
+        "download": ["http://127.0.0.1:9/x.zip", "--output", tmp_path / "x.zip", "--md5", "0" * 32],
+        "compare": [],
+        "stylize": ["--model", tmp_path / "m.pth", tmp_path],
+    }[command]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, *map(str, required), option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: {says}" in one_error_line(capsys.readouterr().err, command)
+    assert list(tmp_path.iterdir()) == []
+
 
 def test_real_command_prints_no_traceback(files, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "stylepipe", "stylize", "--model", str(files / "fake.pth"),

@@ -224,6 +224,8 @@ def test_ambiguous_or_destructive_outputs_are_refused_before_any_work(models, im
     cases = {
         "names an image file, but 2 images": ["--output", tmp_path / "result.png", images / "a.png", images / "b.jpg"],
         "cannot write .gif": ["--output", tmp_path / "o.gif", images / "a.png"],
+        # a format Pillow does not know at all: refused too, not taken for a folder of that name
+        "cannot write .heic": ["--output", tmp_path / "o.heic", images / "a.png"],
         "would replace it": ["--output", tmp_path, photo],
         "would replace it ": ["--output", photo, photo],
         "would both be written to": ["--output", tmp_path / "out", images / "a.png", tmp_path / "A.png"],

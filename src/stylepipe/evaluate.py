@@ -42,7 +42,7 @@ from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 from stylepipe.config import load_params, train_params
-from stylepipe.io import read_json, write_json
+from stylepipe.io import check_output_files, read_json, write_json
 
 WARMUP_IMAGES = 2
 # what to do about an unreadable image, by kind
@@ -308,6 +308,8 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, dict | None]:
 
 
 def main(args: argparse.Namespace) -> int:
+    # both outputs checked before the work: a bad --speed must not fail after --output is written
+    check_output_files({"output": args.output, "speed": args.speed})
     metrics, speed = evaluate(args)
     write_json(args.output, metrics)
     if speed is not None:

@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 
 @contextlib.contextmanager
@@ -50,8 +50,12 @@ def _about_output(err: OSError, path: Path) -> OSError:
     return type(err)(err.errno, f"{reason} (the output was not written)", str(path))
 
 
-def check_writable(folder: Path, flag: str) -> None:
-    """Create ``folder`` and write a scratch file into it, so an unusable output fails before any work."""
+def check_writable(folder: Path, flag: str, keep: bool = True) -> None:
+    """Create ``folder`` and write a scratch file into it, so an unusable output fails before any work.
+
+    ``keep=False`` removes again the folders created for the check (writing the output creates them).
+    """
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".stylepipe-check.", dir=folder)
@@ -60,6 +64,34 @@ def check_writable(folder: Path, flag: str) -> None:
     except OSError as err:
         raise ValueError(f"--{flag} {folder}: cannot write there ({err.strerror or err}); "
                          "choose a folder you can write to") from err
+    finally:
+        for path in created if not keep else ():  # deepest first; rmdir removes empty folders only
+            try:
+                path.rmdir()
+            except OSError:
+                continue
+
+
+def check_output_files(outputs: Mapping[str, Path | None], suffixes: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Before any work, the output files of a command, by flag (``None``: not asked for): none is a
+    folder, no two are one file, each has a suffix its format takes (``suffixes``, by flag), and each
+    one's folder can be written (folders created for the check are removed again).
+    Raises ValueError naming the flag and the path."""
+    files = {flag: Path(path) for flag, path in outputs.items() if path is not None}
+    seen: dict[str, str] = {}
+    for flag, path in files.items():
+        key = os.path.normcase(os.path.realpath(path))
+        if key in seen:
+            raise ValueError(f"--{seen[key]} and --{flag} are both {path}: give each output its own file")
+        seen[key] = flag
+        if path.is_dir():
+            raise ValueError(f"--{flag} {path}: is a folder; give a file path")
+        allowed = (suffixes or {}).get(flag)
+        if allowed and path.suffix.lower() not in allowed:
+            raise ValueError(f"--{flag} {path}: written as {allowed[0][1:].upper()}; give a name ending in "
+                             + " or ".join(allowed))
+    for folder, flag in {path.parent: flag for flag, path in files.items()}.items():
+        check_writable(folder, flag, keep=False)
 
 
 def _umask() -> int:

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from stylepipe.charts import PALETTE, parse_curves, svg_chart, svg_figure
 from stylepipe.config import load_params, style_names
 from stylepipe.data.images import ImageError, load_rgb_and_alpha
-from stylepipe.io import atomic_path, read_json, write_json
+from stylepipe.io import atomic_path, check_output_files, read_json, write_json
 
 CELL = 192  # each image is fitted into a CELL×CELL square
 PAD = 4
@@ -227,6 +227,8 @@ def draw_gallery(eval_dir: Path, stylized_root: Path, styles: list[str],
 
 
 def main(args: argparse.Namespace) -> int:
+    check_output_files({"output": args.output, "gallery": args.gallery, "curves": args.curves},
+                       {"gallery": (".png",), "curves": (".svg",)})
     styles = style_names(load_params(args.params))
     metrics = collect_metrics(args.metrics_dir, styles)
     others = sorted(p.stem for p in args.metrics_dir.glob("*.json") if p.stem not in metrics)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from stylepipe.config import check_train_values, load_params, style_resources, train_params
-from stylepipe.io import atomic_path, check_writable, write_json
+from stylepipe.io import atomic_path, check_output_files, check_writable, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,21 +59,10 @@ OUTPUT_FLAGS = ("model", "onnx", "checkpoint", "summary", "curves", "val_curves"
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """Create --scratch and every output's folder and write a scratch file into each; refuse outputs
+    """Create --scratch and write a scratch file into it and into every output's folder; refuse outputs
     that are folders or that name the same file twice. Raises ValueError naming the flag and the path."""
-    files = {flag.replace("_", "-"): getattr(args, flag) for flag in OUTPUT_FLAGS
-             if getattr(args, flag, None) is not None}
-    seen: dict[str, str] = {}
-    for flag, path in files.items():
-        key = os.path.realpath(path)
-        if key in seen:
-            raise ValueError(f"--{seen[key]} and --{flag} are both {path}: give each output its own file")
-        seen[key] = flag
-        if path.is_dir():
-            raise ValueError(f"--{flag} {path}: is a folder; give a file path")
-    folders = {args.scratch: "scratch", **{path.parent: flag for flag, path in files.items()}}
-    for folder, flag in folders.items():
-        check_writable(folder, flag)
+    check_output_files({flag.replace("_", "-"): getattr(args, flag, None) for flag in OUTPUT_FLAGS})
+    check_writable(args.scratch, "scratch")
 
 
 HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")

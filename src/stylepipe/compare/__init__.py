@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+from stylepipe.arguments import non_negative_int
 from stylepipe.compare.artifacts import read_revision
 from stylepipe.compare.images import (DEFAULT_IMAGE_FORMAT, DEFAULT_IMAGE_QUALITY, DEFAULT_IMAGE_SIZE, IMAGE_FORMATS,
                                       IMAGE_WIDTH)
@@ -39,7 +40,7 @@ from stylepipe.compare.revisions import (WORKSPACE, CompareError, Revision, defa
                                          resolve_revision)
 from stylepipe.compare.sheet import contact_sheet
 from stylepipe.compare.source import fetch_hint, workspace_status
-from stylepipe.io import atomic_path
+from stylepipe.io import atomic_path, check_output_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write a contact sheet of the evaluation images and their stylizations")
     parser.add_argument("--repo", type=Path, default=Path("."), metavar="PATH",
                         help="the git + DVC repository (default: .)")
-    parser.add_argument("--max-image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="PX",
+    parser.add_argument("--max-image-size", type=non_negative_int, default=DEFAULT_IMAGE_SIZE, metavar="PX",
                         help=f"long edge of images embedded in the HTML, which shows them {IMAGE_WIDTH} px wide; "
                              f"0 keeps them as they are (default: {DEFAULT_IMAGE_SIZE})")
     parser.add_argument("--image-format", choices=IMAGE_FORMATS, default=DEFAULT_IMAGE_FORMAT,
@@ -108,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
     if not 1 <= args.image_quality <= 100:
         print(f"stylepipe compare: error: --image-quality {args.image_quality} is not in 1-100", file=sys.stderr)
         return 2
+    check_output_files({"output": args.output, "png": args.png}, {"png": (".png",)})
     try:
         revs = compare(args.repo, default_revisions(list(args.revisions)), args.max_image_size,
                        args.image_format, args.image_quality)

@@ -41,6 +41,7 @@ except ImportError:  # not on Windows: downloads there are not locked
     fcntl = None
 
 from stylepipe import __version__
+from stylepipe.arguments import non_negative_int
 
 CHUNK = 1 << 20
 DOWNLOAD_CACHE = Path("scratch/downloads")
@@ -317,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--archive", type=Path, default=None,
         help=f"with --extract: where to keep the downloaded archive (default ${DOWNLOAD_CACHE_VARIABLE} or {DOWNLOAD_CACHE}, then /<host>/<path>)",
     )
-    parser.add_argument("--retries", type=int, default=5, help="retries after a dropped connection (default 5)")
+    parser.add_argument("--retries", type=non_negative_int, default=5, help="retries after a dropped connection (default 5)")
 
 
 def main(args: argparse.Namespace) -> int:

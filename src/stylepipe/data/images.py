@@ -109,7 +109,7 @@ def open_image(path: str | Path, *, max_pixels: int | None = None, data: bytes |
         image.close()
         raise ImageError(
             path, f"decompression bomb refused: {width}x{height} = {width * height:,} pixels > limit {limit:,}; "
-                  f"{RAISE_LIMIT}"
+                  + (RAISE_LIMIT if max_pixels is None else "if you trust the file, raise the limit (resize --max-pixels)")
         )
     return image
 

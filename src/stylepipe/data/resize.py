@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stylepipe.arguments import positive_int
 from stylepipe.data.images import ImageError, decode, is_jpeg, jpeg_frame, open_image, pixel_limit, to_rgb, upright
 from stylepipe.data.shards import MANIFEST, ShardWriter, atomic_directory
 
@@ -315,14 +316,15 @@ def resize_folder(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="folder of images (searched recursively) or a zip of them")
     parser.add_argument("--output", required=True, type=Path, help="output folder: shard-*.npy + manifest.json")
-    parser.add_argument("--size", required=True, type=int, help="side N of the square N x N images")
-    parser.add_argument("--workers", type=int, default=1, help="processes decoding in parallel (default 1)")
+    parser.add_argument("--size", required=True, type=positive_int, help="side N of the square N x N images")
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes decoding in parallel (default 1)")
     parser.add_argument(
-        "--images-per-shard", type=int, default=None, help="images per shard file (default: about 1 GiB per shard)"
+        "--images-per-shard", type=positive_int, default=None,
+        help="images per shard file (default: about 1 GiB per shard)"
     )
     parser.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int,
         default=None,
         help="refuse larger images as decompression bombs (default: Pillow's 89,478,485, "
         "or $STYLEPIPE_MAX_IMAGE_PIXELS)",

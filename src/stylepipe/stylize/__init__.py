@@ -18,10 +18,10 @@ stylizes and saves batch by batch).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
+from stylepipe.arguments import positive_float, positive_int
 from stylepipe.stylize.batches import OutOfMemory, TooLargeForMemory, UnreadableImages, stylize_files
 from stylepipe.stylize.inputs import expand_inputs
 from stylepipe.stylize.outputs import OUTPUT_FORMATS, check_output_folders, output_paths
@@ -29,26 +29,6 @@ from stylepipe.stylize.runners import PRECISIONS, Runner, load_runner, stylize_t
 
 __all__ = ["OutOfMemory", "Runner", "TooLargeForMemory", "UnreadableImages", "add_arguments", "load_runner", "main",
            "stylize_files", "stylize_tensor"]
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive: give a value of at least 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,12 +27,16 @@ SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 9
 # formats that embed an ICC profile: an output keeps its input's, so its colours mean what the input's did
 ICC_FORMATS = {"PNG", "JPEG", "WEBP", "TIFF"}
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # an input's transparency is kept in these
+# image files Pillow has no writer (or no plugin) for: an --output ending so is a file we cannot
+# write, refused, rather than a folder of that name
+UNWRITABLE_IMAGE_SUFFIXES = {".heic", ".heif", ".jxl", ".svg", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw"}
 
 
 def is_image_path(output: Path) -> bool:
     """Whether ``--output`` names an image file (an extension Pillow knows) rather than a folder."""
     suffix = output.suffix.lower()
     return bool(suffix) and not output.is_dir() and (suffix in OUTPUT_FORMATS or suffix in IMAGE_SUFFIXES
+                                                     or suffix in UNWRITABLE_IMAGE_SUFFIXES
                                                      or suffix in Image.registered_extensions())
 
 
@@ -80,15 +84,7 @@ def check_output_folders(folders: Iterable[Path]) -> None:
     Folders created for the check are removed again (writing the images creates them).
     """
     for folder in dict.fromkeys(folders):
-        created = [p for p in (folder, *folder.parents) if not p.exists()]
-        try:
-            check_writable(folder, "output")
-        finally:
-            for path in created:  # deepest first; rmdir removes empty folders only
-                try:
-                    path.rmdir()
-                except OSError:
-                    continue
+        check_writable(folder, "output", keep=False)
 
 
 def save_output(stylized: Image.Image, content: Content, path: Path, fmt: str) -> None:
