@@ -293,6 +293,15 @@ def test_train_refuses_an_unwritable_output_before_training(files, tmp_path, tin
     assert not list((tmp_path / "scratch").glob("**/*.ckpt")), "trained before checking its outputs"
 
 
+def test_train_data_that_is_a_file_says_which_folder_to_give(files, tmp_path, tiny_params_file, capsys):
+    photo = files / "content" / "photo1.jpg"
+    code, err = run_cli(capsys, *train_args(files, tmp_path, tiny_params_file, data=photo))
+    assert code == 2
+    assert one_error_line(err, "train") == (f"stylepipe train: error: --data {photo}: is a file; give the folder "
+                                            "`stylepipe resize` writes (data/content/<size>), or a folder of images")
+    assert not (tmp_path / "out").exists()
+
+
 # --- 7. an image too large for the memory: named, with what to do ---------------------------------
 
 # Caps this process's address space (RLIMIT_AS, `ulimit -v`) or its heap (RLIMIT_DATA, `ulimit -d`)

@@ -240,6 +240,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise FileNotFoundError(f"{args.data}: training data not found; create it with `stylepipe resize` "
                                 f"(or `snakemake {args.data}`), or pass a folder of images")
+    if not args.data.is_dir():
+        raise ValueError(f"--data {args.data}: is a file; give the folder `stylepipe resize` writes "
+                         "(data/content/<size>), or a folder of images")
     check_outputs(args)  # before any training: an output that cannot be written fails now, not at the end
 
     datamodule = ContentDataModule(args.data, tp["image_size"], tp["batch_size"], tp["val_images"], seed, tp["num_workers"])
