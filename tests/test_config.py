@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -153,16 +155,22 @@ def test_two_sources_or_none_say_so(tmp_path, where, value, message):
     assert str(tmp_path / "p.yaml") in str(err.value)
 
 
-@pytest.mark.parametrize("key, text", [("train.max_steps", "4e4"), ("train.val_images", "16.0"),
-                                       ("styles.waves.val_check_interval", "2e3")])
-def test_a_count_written_as_a_float_is_refused_naming_the_key(tmp_path, key, text):
-    """Integer values must be whole numbers as YAML reads them: 4e4 (YAML 1.2, as `dvc exp run -S` writes it)
-    and 16.0 are floats, which Lightning and the data loaders refuse or misread far from the params."""
+def _params_with(tmp_path, key: str, text: str) -> Path:
+    """The tiny params with ``key`` (train.X or styles.waves.X) written as the YAML ``text``."""
     params = tiny_params_dict()
     section, *_, name = key.split(".")
     (params["train"] if section == "train" else params["styles"]["waves"])[name] = "PLACEHOLDER"
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(params).replace("PLACEHOLDER", text))
+    return path
+
+
+@pytest.mark.parametrize("key, text", [("train.max_steps", "4e4"), ("train.val_images", "16.0"),
+                                       ("styles.waves.val_check_interval", "2e3")])
+def test_a_count_written_as_a_float_is_refused_naming_the_key(tmp_path, key, text):
+    """Integer values must be whole numbers as YAML reads them: 4e4 (YAML 1.2, as `dvc exp run -S` writes it)
+    and 16.0 are floats, which Lightning and the data loaders refuse or misread far from the params."""
+    path = _params_with(tmp_path, key, text)
     with pytest.raises(ParamsError, match=rf"key {key}: .*not of type 'integer' \(write a whole number .*\)"):
         load_params([path])
 
@@ -171,10 +179,6 @@ def test_a_count_written_as_a_float_is_refused_naming_the_key(tmp_path, key, tex
                                        ("styles.waves.content_weight", "-.inf"), ("train.max_steps", ".inf")])
 def test_nan_and_infinity_are_refused_naming_the_key(tmp_path, key, text):
     """.nan passes every bound of the schema (each comparison with it is false): a run would train on NaN."""
-    params = tiny_params_dict()
-    section, *_, name = key.split(".")
-    (params["train"] if section == "train" else params["styles"]["waves"])[name] = "PLACEHOLDER"
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(params).replace("PLACEHOLDER", text))
+    path = _params_with(tmp_path, key, text)
     with pytest.raises(ParamsError, match=rf"key {key}: .*not of type .*\(\.nan and \.inf are no values here"):
         load_params([path])
