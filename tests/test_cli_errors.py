@@ -21,6 +21,8 @@ from stylepipe import cli
 from stylepipe.models.transformer import TransformerNet
 from stylepipe.models.vgg import random_state_dict
 
+from conftest import tiny_params_dict
+
 FP32 = ["--device", "cpu", "--engine", "torch", "--precision", "fp32"]
 
 
@@ -304,10 +306,10 @@ def test_train_data_that_is_a_file_says_which_folder_to_give(files, tmp_path, ti
 
 # --- 7. an image too large for the memory: named, with what to do ---------------------------------
 
-# Caps this process's address space (RLIMIT_AS, `ulimit -v`) or its heap (RLIMIT_DATA, `ulimit -d`)
-# 2 GB above what it has mapped once PyTorch and onnxruntime are loaded, as a small machine would.
+# Runs a command with its address space (RLIMIT_AS, `ulimit -v`) or its heap (RLIMIT_DATA, `ulimit -d`)
+# capped 2 GB above what it has mapped once PyTorch and onnxruntime are loaded, as a small machine would.
 # stylize sees the first and refuses up front; the second it cannot see, so the allocation itself fails.
-_CAPPED_STYLIZE = """
+_CAPPED = """
 import resource, sys
 import onnxruntime, torch
 from stylepipe import cli
@@ -324,7 +326,7 @@ def _capped_stylize(files, tmp_path, cap, engine, *options, returncode=2):
     if not big.exists():
         Image.new("RGB", (6000, 4000), (90, 120, 150)).save(big)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", _CAPPED_STYLIZE, cap, "stylize", "--model", str(files / "model.pth"),
+    proc = subprocess.run([sys.executable, "-c", _CAPPED, cap, "stylize", "--model", str(files / "model.pth"),
                            "--output", str(out), "--device", "cpu", "--engine", engine, "--precision", "fp32",
                            *options, str(files / "content" / "photo1.jpg"), str(big)],
                           capture_output=True, text=True, timeout=300)
@@ -359,6 +361,24 @@ def test_stylize_names_an_image_that_runs_out_of_memory(files, tmp_path, engine)
     assert f"{tmp_path / 'big photo.jpg'} (6000x4000 px): out of memory" in line
     assert "--max-size 3000" in line
     assert written == ["photo1.png"]  # the image that fits is written
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_DATA and /proc (Linux)")
+def test_training_out_of_memory_names_the_params_to_change(files, tmp_path):
+    """A CUDA or CPU allocation that fails in a step is one line naming batch_size and image_size, not a traceback."""
+    params = tiny_params_dict()
+    params["train"].update(image_size=1024, batch_size=4)  # VGG16's first layers alone: 1 GB per image
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-c", _CAPPED, "data",
+                           *map(str, train_args(files, tmp_path, tmp_path / "params.yaml"))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(proc.stderr, "train")
+    assert "out of memory training at step 0 on cpu, train.batch_size = 4 images of train.image_size = 1024 px" in line
+    assert "lower train.batch_size (train.accumulate_grad_batches = 2 with half the batch" in line
+    assert line.endswith("it stopped before the first step")
+    assert "out of memory at step 0" in (tmp_path / "scratch" / "attempts.log").read_text()
+    assert not (tmp_path / "out").exists()
 
 
 def test_available_memory_is_the_tightest_of_the_machine_and_cgroup_limits(tmp_path):

@@ -8,11 +8,12 @@ smallest of: the memory the kernel says is available (``MemAvailable``), the
 memory limit of the process's cgroup (a Slurm job, a container; v1 or v2,
 its page cache counted as free, as the kernel reclaims it first) and the
 address-space limit (``ulimit -v``). Elsewhere nothing is known: ``None``.
+
+`out_of_memory` tells an allocation that failed from other errors.
 """
 
 from __future__ import annotations
 
-import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,17 @@ class Available:
 
 def gigabytes(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is PyTorch's or onnxruntime's failure to allocate memory (CPU or GPU)."""
+    import torch
+
+    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(err)
+    # PyTorch's CPU allocator, onnxruntime's arena (CPU and CUDA)
+    return any(sign in text for sign in ("can't allocate memory", "Failed to allocate memory", "out of memory"))
 
 
 def available_memory(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> Available | None:
@@ -86,6 +98,8 @@ def _rooms(mount: Path, path: str, limit_file: str, usage_file: str, cache_field
 
 
 def _address_space(proc: Path) -> Available | None:
+    import resource  # Unix only
+
     limit, _ = resource.getrlimit(resource.RLIMIT_AS)
     if limit == resource.RLIM_INFINITY:
         return None

@@ -29,6 +29,7 @@ import torch
 
 from stylepipe.config import check_train_values, load_params, style_resources, train_params
 from stylepipe.io import atomic_path, check_output_files, check_writable, write_json
+from stylepipe.memory import out_of_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -291,6 +292,13 @@ def run(args: argparse.Namespace) -> int:
                   "Run the same command again to resume.", file=sys.stderr)
             record_attempt(args.scratch, f"{stop}; checkpoint saved to {stop.path}")
         return 128 + int(stop.signum)
+    except Exception as err:
+        if not out_of_memory(err):
+            raise
+        stop = training_out_of_memory(tp, trainer, resume)
+        if trainer.is_global_zero:
+            record_attempt(args.scratch, f"out of memory at step {trainer.global_step}")
+        raise stop from err
     except SIGTERMException:
         # SIGTERM in the start-up moments when Lightning chains its handler with ours, which it acts on:
         # a SystemExit with status 0 otherwise, which would look like success
@@ -325,6 +333,22 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.summary, _summary(args.style, trainer, tp, datamodule, curves))
     record_attempt(args.scratch, f"finished at step {trainer.global_step}")
     return 0
+
+
+def training_out_of_memory(tp: dict, trainer, resume: Path | None) -> ValueError:
+    """What to change when a training step did not fit in its device's memory, naming the params keys."""
+    device = trainer.strategy.root_device
+    where = f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    fixes = [f"lower train.batch_size (train.accumulate_grad_batches = {2 * tp['accumulate_grad_batches']} "
+             f"with half the batch keeps the images per optimizer step)", "or train.image_size"]
+    if device.type == "cuda" and tp["precision"] in ("32", "32-true"):
+        fixes.insert(1, "use train.precision: bf16-mixed (half the activation memory)")
+    kept = ("the checkpoints in --scratch are kept, and resume" if trainer.global_step or resume
+            else "it stopped before the first step")
+    return ValueError(
+        f"out of memory training at step {trainer.global_step} on {where}, train.batch_size = {tp['batch_size']} "
+        f"images of train.image_size = {tp['image_size']} px in precision {tp['precision']}: {', '.join(fixes)} "
+        f"(a style may override them under styles.<name>); {kept}")
 
 
 # checkpoint paths ModelCheckpoint records, made absolute by Lightning

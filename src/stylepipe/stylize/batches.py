@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stylepipe.cpu import native_bf16_cpu
 from stylepipe.data.images import ImageError
-from stylepipe.memory import Available, available_memory, gigabytes
+from stylepipe.memory import Available, available_memory, gigabytes, out_of_memory
 from stylepipe.stylize.colour import preserve_color
 from stylepipe.stylize.inputs import Content, expand_inputs, load_content, oriented_size, target_size
 from stylepipe.stylize.outputs import output_format, output_paths, save_output
@@ -37,15 +37,6 @@ class UnreadableImages(ValueError):
         super().__init__(f"{len(errors)} of {total} image(s) could not be read and were not stylized "
                          f"({len(written)} written): {listed}. Replace or remove them and run again")
         self.errors, self.written = list(errors), list(written)
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is PyTorch's or onnxruntime's failure to allocate memory (CPU or GPU)."""
-    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError)):
-        return True
-    text = str(err)
-    # PyTorch's CPU allocator, onnxruntime's arena (CPU and CUDA)
-    return any(sign in text for sign in ("can't allocate memory", "Failed to allocate memory", "out of memory"))
 
 
 class OutOfMemory(ValueError):
