@@ -224,6 +224,15 @@ def test_an_output_that_is_not_a_previous_resize_is_refused_and_kept(inputs, res
     assert cli(["resize", "--input", str(photos), "--output", str(tmp_path / "empty"), "--size", "4"]) == 0
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child: SIGINT's default action, which a command started from a terminal has. A shell without
+    job control (a script's `cmd &`) starts its background commands with SIGINT ignored, and a process
+    that starts with it ignored keeps ignoring it: so would this test's command, whatever ran the tests."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_with_one_line_and_leaves_nothing(tmp_path):
     """^C in a terminal reaches the command and its worker processes: one line, status 130, no traceback
     from any process, and neither the output nor its temporary folder is left."""
@@ -241,7 +250,7 @@ def test_ctrl_c_ends_with_one_line_and_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(["stylepipe", "resize", "--input", str(photos), "--output", str(out), "--size", "64",
                              "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.*.part")):  # the pool is working and the temporary folder exists
         assert proc.poll() is None, proc.communicate()[1][-3000:]
