@@ -340,14 +340,14 @@ def training_out_of_memory(tp: dict, trainer, resume: Path | None) -> ValueError
     device = trainer.strategy.root_device
     where = f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     fixes = [f"lower train.batch_size (train.accumulate_grad_batches = {2 * tp['accumulate_grad_batches']} "
-             f"with half the batch keeps the images per optimizer step)", "or train.image_size"]
+             f"with half the batch keeps the images per optimizer step)", "lower train.image_size"]
     if device.type == "cuda" and tp["precision"] in ("32", "32-true"):
-        fixes.insert(1, "use train.precision: bf16-mixed (half the activation memory)")
+        fixes.append("use train.precision: bf16-mixed (half the activation memory)")
     kept = ("the checkpoints in --scratch are kept, and resume" if trainer.global_step or resume
             else "it stopped before the first step")
     return ValueError(
         f"out of memory training at step {trainer.global_step} on {where}, train.batch_size = {tp['batch_size']} "
-        f"images of train.image_size = {tp['image_size']} px in precision {tp['precision']}: {', '.join(fixes)} "
+        f"images of train.image_size = {tp['image_size']} px in precision {tp['precision']}: {', or '.join(fixes)} "
         f"(a style may override them under styles.<name>); {kept}")
 
 
