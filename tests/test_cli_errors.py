@@ -381,6 +381,51 @@ def test_training_out_of_memory_names_the_params_to_change(files, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_data_loader_worker_killed_by_the_oom_killer_names_num_workers(files, tmp_path):
+    """The kernel's OOM killer sends SIGKILL, often to a loader worker: one line naming train.num_workers."""
+    import os
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(60):  # an epoch long enough that its worker is alive while the test kills it
+        os.link(files / "content" / f"photo{i % 6}.jpg", data / f"p{i:02d}.jpg")
+    params = tiny_params_dict()
+    params["train"].update(num_workers=1, batch_size=1, max_steps=500)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.Popen([sys.executable, "-m", "stylepipe",
+                             *map(str, train_args(files, tmp_path, tmp_path / "params.yaml", data=data))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (workers := _children(proc.pid)):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no data loader worker appeared"
+        time.sleep(0.05)
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 2, stderr[-3000:]
+    line = one_error_line(stderr, "train")
+    assert "a data loader worker stopped at step" in line and str(workers[0]) in line
+    # PyTorch says one or the other, as the worker's end and the next batch's wait happen to meet
+    assert f"(pid {workers[0]}) is killed by signal: Killed" in line or f"(pid(s) {workers[0]}) exited unexpectedly" in line
+    assert "lower train.num_workers (now 1;" in line and "resources.train.mem_mb" in line
+    assert "a data loader worker died at step" in (tmp_path / "scratch" / "attempts.log").read_text()
+
+
 def test_available_memory_is_the_tightest_of_the_machine_and_cgroup_limits(tmp_path):
     from stylepipe.memory import available_memory
 

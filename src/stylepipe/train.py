@@ -293,11 +293,12 @@ def run(args: argparse.Namespace) -> int:
             record_attempt(args.scratch, f"{stop}; checkpoint saved to {stop.path}")
         return 128 + int(stop.signum)
     except Exception as err:
-        if not out_of_memory(err):
+        explained = explain_failure(err, tp, trainer, resume)
+        if explained is None:
             raise
-        stop = training_out_of_memory(tp, trainer, resume)
+        event, stop = explained
         if trainer.is_global_zero:
-            record_attempt(args.scratch, f"out of memory at step {trainer.global_step}")
+            record_attempt(args.scratch, f"{event} at step {trainer.global_step}")
         raise stop from err
     except SIGTERMException:
         # SIGTERM in the start-up moments when Lightning chains its handler with ours, which it acts on:
@@ -335,7 +336,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def training_out_of_memory(tp: dict, trainer, resume: Path | None) -> ValueError:
+def explain_failure(err: Exception, tp: dict, trainer, resume: Path | None) -> tuple[str, ValueError] | None:
+    """For a failure whose cause the params can fix: (what happened, for attempts.log; the error saying
+    what to change). None for any other error, which keeps its traceback."""
+    kept = ("run it again once changed: it resumes from the last checkpoint written to --scratch"
+            if trainer.global_step or resume else "it stopped before the first step")
+    if out_of_memory(err):
+        return "out of memory", training_out_of_memory(tp, trainer, kept)
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if first_line.startswith("DataLoader worker (pid"):
+        # PyTorch's line when a worker dies without an error of its own ("is killed by signal: Killed" or
+        # "exited unexpectedly"): the kernel's OOM killer is what usually sends that SIGKILL
+        return "a data loader worker died", ValueError(
+            f"a data loader worker stopped at step {trainer.global_step}: {first_line.rstrip('.')}. A worker that "
+            f"ends without an error of its own was usually killed by the kernel's OOM killer: lower "
+            f"train.num_workers (now {tp['num_workers']}; each worker holds its own batches), or give the job more "
+            f"memory (resources.train.mem_mb); {kept}")
+    return None
+
+
+def training_out_of_memory(tp: dict, trainer, kept: str) -> ValueError:
     """What to change when a training step did not fit in its device's memory, naming the params keys."""
     device = trainer.strategy.root_device
     where = f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
@@ -343,8 +363,6 @@ def training_out_of_memory(tp: dict, trainer, resume: Path | None) -> ValueError
              f"with half the batch keeps the images per optimizer step)", "lower train.image_size"]
     if device.type == "cuda" and tp["precision"] in ("32", "32-true"):
         fixes.append("use train.precision: bf16-mixed (half the activation memory)")
-    kept = ("the checkpoints in --scratch are kept, and resume" if trainer.global_step or resume
-            else "it stopped before the first step")
     return ValueError(
         f"out of memory training at step {trainer.global_step} on {where}, train.batch_size = {tp['batch_size']} "
         f"images of train.image_size = {tp['image_size']} px in precision {tp['precision']}: {', or '.join(fixes)} "
