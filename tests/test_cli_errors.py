@@ -367,18 +367,61 @@ def test_stylize_names_an_image_that_runs_out_of_memory(files, tmp_path, engine)
 def test_training_out_of_memory_names_the_params_to_change(files, tmp_path):
     """A CUDA or CPU allocation that fails in a step is one line naming batch_size and image_size, not a traceback."""
     params = tiny_params_dict()
-    params["train"].update(image_size=1024, batch_size=4)  # VGG16's first layers alone: 1 GB per image
+    # a step needs about 5.5 GB: more than the 2 GB heap, less than the machine's memory the up-front check sees
+    params["train"].update(image_size=768, batch_size=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run([sys.executable, "-c", _CAPPED, "data",
                            *map(str, train_args(files, tmp_path, tmp_path / "params.yaml"))],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = one_error_line(proc.stderr, "train")
-    assert "out of memory training at step 0 on cpu, train.batch_size = 4 images of train.image_size = 1024 px" in line
+    assert "out of memory training at step 0 on cpu, train.batch_size = 2 images of train.image_size = 768 px" in line
     assert "lower train.batch_size (train.accumulate_grad_batches = 2 with half the batch" in line
     assert line.endswith("it stopped before the first step")
     assert "out of memory at step 0" in (tmp_path / "scratch" / "attempts.log").read_text()
     assert not (tmp_path / "out").exists()
+
+
+def _capped_train(files, tmp_path, returncode=2, style_image=None, **train_values):
+    params = tiny_params_dict()
+    params["train"].update(max_steps=2, **train_values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    args = train_args(files, tmp_path, tmp_path / "params.yaml", style_image=style_image or files / "style.png")
+    proc = subprocess.run([sys.executable, "-c", _CAPPED, "as", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == returncode, proc.stderr[-3000:]
+    return one_error_line(proc.stderr, "train") if returncode else None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
+def test_training_steps_too_large_for_the_memory_left_are_refused_with_a_size_that_fits(files, tmp_path):
+    """On a CPU the kernel would kill the step without a word: refused before training, with a value that fits."""
+    line = _capped_train(files, tmp_path, image_size=1024, batch_size=4)
+    assert ("train.batch_size = 4 images of train.image_size = 1024 px need at least 16.8 GB per training step "
+            "on the CPU (fp32)") in line
+    assert "free under the address-space limit (ulimit -v)" in line and line.endswith("nothing was trained")
+    assert "set train.batch_size" not in line  # even one 1024 px image needs 4.2 GB
+    size = int(line.split("set train.image_size to ")[1].split()[0].rstrip(","))
+    assert 128 <= size <= 512 and size % 16 == 0, line
+    assert not (tmp_path / "scratch").exists() or not list((tmp_path / "scratch").glob("**/*.ckpt"))
+    # and the size it offers trains under the same limit
+    _capped_train(files, tmp_path, returncode=0, image_size=size, batch_size=4)
+    assert (tmp_path / "out" / "m.pth").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
+def test_a_style_image_too_large_for_the_memory_left_is_refused_with_a_style_size_that_fits(files, tmp_path):
+    """train.style_size: null keeps a scanned painting at full size: its Gram matrices would need 18 GB."""
+    scan = tmp_path / "scan.png"
+    Image.new("RGB", (6000, 4000), (200, 80, 40)).save(scan)
+    line = _capped_train(files, tmp_path, style_image=scan, style_size=None)
+    assert ("the style image (6000x4000 px, train.style_size = null) needs at least 18.0 GB to compute its Gram "
+            "matrices") in line
+    assert "free under the address-space limit (ulimit -v)" in line
+    style_size = int(line.split("set train.style_size to ")[1].split()[0])
+    assert 512 <= style_size <= 2048 and style_size % 64 == 0, line
+    _capped_train(files, tmp_path, returncode=0, style_image=scan, style_size=style_size)
+    assert (tmp_path / "out" / "m.pth").is_file()
 
 
 def _children(pid: int) -> list[int]:

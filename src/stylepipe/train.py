@@ -30,6 +30,7 @@ import torch
 from stylepipe.config import check_train_values, load_params, style_resources, train_params
 from stylepipe.io import atomic_path, check_output_files, check_writable, write_json
 from stylepipe.memory import out_of_memory
+from stylepipe.training_memory import check_style_image, check_training_step, step_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +165,19 @@ def check_node_launch(tp: dict, trainer) -> None:
                          f"{tp['num_nodes'] - 1} (0 on the node MASTER_ADDR names)")
 
 
+def check_step_memory(tp: dict, trainer) -> None:
+    """On the CPU, refuse steps too large for the memory left (once per machine: its first process counts them all).
+
+    On a GPU a step that does not fit fails with an error of its own, explained by `training_out_of_memory`.
+    """
+    from stylepipe.cpu import native_bf16_cpu
+
+    if trainer.strategy.root_device.type != "cpu" or trainer.local_rank != 0:
+        return
+    check_training_step(tp["batch_size"], tp["image_size"], step_precision(str(tp["precision"]), native_bf16_cpu()),
+                        trainer.num_devices, tp["accumulate_grad_batches"])
+
+
 def emulated_bf16_warning(tp: dict, trainer) -> str | None:
     """The warning for a bf16 precision on a CPU that only emulates bf16 (no AVX-512 BF16 or AMX), else None.
 
@@ -237,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
 
     pl.seed_everything(seed, workers=True, verbose=False)
     style_image = load_style_image(args.style_image, tp["style_size"])
+    check_style_image(*style_image.shape[-2:], tp["style_size"])
     vgg_state = load_features_state(args.loss_network)
     if not args.data.exists():
         raise FileNotFoundError(f"{args.data}: training data not found; create it with `stylepipe resize` "
@@ -271,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     same_start = SameStart(args.scratch)
     trainer = trainer_from_params(tp, args.scratch, [same_start, curves, preemption, finished], loggers)
     check_node_launch(tp, trainer)
+    check_step_memory(tp, trainer)
     slow = emulated_bf16_warning(tp, trainer)
     if slow and trainer.is_global_zero:
         print(f"stylepipe train: warning: {slow}", file=sys.stderr)
