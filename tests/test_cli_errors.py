@@ -350,7 +350,7 @@ def test_stylize_refuses_up_front_an_image_too_large_for_the_memory_left(files, 
     _, written = _capped_stylize(files, tmp_path, "as", engine, "--max-size", str(max_size), returncode=0)
     assert written == ["big photo.png", "photo1.png"]
     with Image.open(tmp_path / "out" / "big photo.png") as img:
-        assert img.size == (max_size, max_size * 2 // 3)
+        assert img.size[0] == max_size and abs(img.size[1] - max_size * 2 / 3) < 1, img.size
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_DATA and /proc (Linux)")
