@@ -57,3 +57,19 @@ def test_a_style_image_is_refused_with_the_style_size_that_fits():
     # (4 GB - 300 MiB) / 850 bytes = 4.34 MP at 4:3: a long edge of 2405, in steps of 64
     assert "set train.style_size to 2368 or less" in message
     assert message.endswith("or give the job more memory (resources.train.mem_mb)")
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_a_step_out_of_memory_offers_a_smaller_batch_only_where_there_is_one(batch_size):
+    from types import SimpleNamespace
+
+    import torch
+
+    from stylepipe.train import training_out_of_memory
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), global_step=7)
+    tp = {"batch_size": batch_size, "image_size": 512, "precision": "32-true", "accumulate_grad_batches": 1}
+    message = str(training_out_of_memory(tp, trainer, "kept"))
+    assert message.startswith(f"out of memory training at step 7 on cpu, train.batch_size = {batch_size} images")
+    assert ("lower train.batch_size" in message) == (batch_size > 1)
+    assert "lower train.image_size" in message and message.endswith("; kept")

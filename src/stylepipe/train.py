@@ -375,8 +375,10 @@ def training_out_of_memory(tp: dict, trainer, kept: str) -> ValueError:
     """What to change when a training step did not fit in its device's memory, naming the params keys."""
     device = trainer.strategy.root_device
     where = f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    fixes = [f"lower train.batch_size (train.accumulate_grad_batches = {2 * tp['accumulate_grad_batches']} "
-             f"with half the batch keeps the images per optimizer step)", "lower train.image_size"]
+    fixes = ["lower train.image_size"]
+    if tp["batch_size"] > 1:
+        fixes.insert(0, f"lower train.batch_size (train.accumulate_grad_batches = {2 * tp['accumulate_grad_batches']} "
+                        f"with half the batch keeps the images per optimizer step)")
     if device.type == "cuda" and tp["precision"] in ("32", "32-true"):
         fixes.append("use train.precision: bf16-mixed (half the activation memory)")
     return ValueError(
