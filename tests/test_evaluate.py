@@ -583,3 +583,34 @@ def test_the_gallery_shows_the_evaluation_images_evaluate_measures(run, tmp_path
     code, _, err = _report_in_process(capsys, run, out, *args)
     assert code == 2 and f"{first.stem}.jpg" in err and "rename one of them" in err, err
     assert not (out / "metrics.json").exists()
+
+
+def test_a_style_image_too_large_for_the_memory_left_is_refused_naming_the_evaluate_job(run, tmp_path, capsys,
+                                                                                         monkeypatch):
+    """evaluate computes the style's Gram matrices as train does, in a job of its own (resources.evaluate)."""
+    import yaml
+
+    from stylepipe import training_memory
+    from stylepipe.cli import main
+    from stylepipe.memory import Available
+
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    params["train"]["style_size"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _image(tmp_path / "scan.png", (3000, 2000), seed=1)
+    # a Slurm job's 2 GB: the real limits are exercised by the train tests under `ulimit -v`
+    monkeypatch.setattr(training_memory, "available_memory", lambda: Available(2 * 10**9, "the cgroup's memory limit"))
+    capsys.readouterr()
+    status = main([
+        "evaluate", "--params", str(tmp_path / "params.yaml"), "--style", "waves", "--model", str(run / "waves.pth"),
+        "--eval-images", str(run / "eval"), "--stylized", str(run / "stylized" / "waves"),
+        "--style-image", str(tmp_path / "scan.png"), "--loss-network", str(run / "vgg.pth"),
+        "--train-summary", str(run / "waves-summary.json"), "--output", str(tmp_path / "metrics.json"),
+    ])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2
+    assert line.startswith("stylepipe evaluate: error: the style image (3000x2000 px, train.style_size = null) needs "
+                           "at least 4.5 GB to compute its Gram matrices, and this process has 2.0 GB free under the "
+                           "cgroup's memory limit: set train.style_size to "), line
+    assert line.endswith("or give the job more memory (resources.evaluate.mem_mb)")
+    assert not (tmp_path / "metrics.json").exists()

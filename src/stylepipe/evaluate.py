@@ -192,12 +192,16 @@ def _loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, dev
     from stylepipe.losses import content_loss, gram_matrix, style_loss, tv_loss
     from stylepipe.models.vgg import LossNetwork, layer_names
     from stylepipe.module import load_style_image
+    from stylepipe.training_memory import check_style_image
 
     layers = layer_names(train["content_layers"], train["style_layers"])
     net = LossNetwork.from_file(loss_network, layers).to(device)
     min_side = smallest_side(net)
     sizes = [check_sizes(content, stylized, min_side) for content, stylized in pairs]  # all, before measuring any
-    style_features = net(load_style_image(style_image, train["style_size"]).to(device))
+    style = load_style_image(style_image, train["style_size"])
+    if device.type == "cpu":  # a GPU's allocator fails with an error of its own
+        check_style_image(*style.shape[-2:], train["style_size"], step="evaluate")
+    style_features = net(style.to(device))
     grams = {name: gram_matrix(style_features[name]) for name in train["style_layers"]}
 
     sums = dict.fromkeys(("content_loss", "style_loss", "tv_loss", "total_loss", "content_loss_unweighted",

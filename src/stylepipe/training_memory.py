@@ -32,8 +32,11 @@ STEP_OVERHEAD_BYTES = 800 << 20  # at the most, besides the pixels'
 STYLE_OVERHEAD_BYTES = 300 << 20
 
 
-def check_style_image(height: int, width: int, style_size: int | None, free: Available | None = None) -> None:
-    """Refuse a style image whose Gram matrices need more memory than is left, offering a train.style_size that fits."""
+def check_style_image(height: int, width: int, style_size: int | None, free: Available | None = None,
+                      step: str = "train") -> None:
+    """Refuse a style image whose Gram matrices need more memory than is left, offering a train.style_size that fits.
+
+    ``step``: the pipeline step computing them (`train`, `evaluate`), whose job's memory is to raise."""
     free = free if free is not None else available_memory()
     pixels = height * width
     needed = STYLE_BYTES_PER_PIXEL[0] * pixels
@@ -45,7 +48,7 @@ def check_style_image(height: int, width: int, style_size: int | None, free: Ava
         f"the style image ({width}x{height} px, train.style_size = {'null' if style_size is None else style_size}) needs at least {gigabytes(needed)} "
         f"to compute its Gram matrices, and this process has {free}: set train.style_size to {fits} or less "
         f"(its long edge in px; a style may override it under styles.<name>), or give the job more memory"
-        f"{_job_memory_hint(free)}")
+        f"{_job_memory_hint(free, step)}")
 
 
 def step_precision(precision: str, native_bf16: bool) -> str:
@@ -77,7 +80,7 @@ def check_training_step(batch_size: int, image_size: int, kind: str, processes: 
         fixes.append(f"set train.image_size to {size}")
     if fixes:
         fixes[-1] += " (a style may override them under styles.<name>)"
-    fixes.append(f"give the job more memory{_job_memory_hint(free)}")
+    fixes.append(f"give the job more memory{_job_memory_hint(free, 'train')}")
     raise ValueError(
         f"train.batch_size = {batch_size} images of train.image_size = {image_size} px need at least "
         f"{gigabytes(needed)} per training step on the CPU ({kind}{per}), and this process has {free}: "
@@ -90,9 +93,9 @@ def _step_fits(batch_size: int, image_size: int, kind: str, processes: int, free
     return processes * per_process <= free.bytes
 
 
-def _job_memory_hint(free: Available) -> str:
-    # under Slurm the job's cgroup is what resources.train.mem_mb sets
-    return " (resources.train.mem_mb)" if "cgroup" in free.limit else ""
+def _job_memory_hint(free: Available, step: str) -> str:
+    # under Slurm the job's cgroup is what resources.<step>.mem_mb sets
+    return f" (resources.{step}.mem_mb)" if "cgroup" in free.limit else ""
 
 
 def _round_down(n: float, step: int) -> int:
