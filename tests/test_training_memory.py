@@ -24,7 +24,8 @@ def test_a_smaller_batch_that_divides_the_batch_is_offered_with_the_accumulation
                               "training step on the CPU (fp32), and this process has 6.0 GB free under the cgroup's "
                               "memory limit: ")
     # 4 images need at most 0.8 + 5.0 GB; 8 x 2 = 4 x 4 images per optimizer step
-    assert "set train.batch_size to 4 (with train.accumulate_grad_batches = 4 for the same images per optimizer step)" in message
+    assert ("set train.batch_size to 4 (with train.accumulate_grad_batches = 4 for the same images per "
+            "optimizer step)") in message
     assert "or set train.image_size to 352 (a style may override them under styles.<name>)" in message
     # under Slurm the job's cgroup limit is what resources.train.mem_mb asks for
     assert message.endswith("or give the job more memory (resources.train.mem_mb); nothing was trained")
@@ -38,7 +39,9 @@ def test_every_process_on_the_machine_counts_and_bf16_emulation_takes_more():
     with pytest.raises(ValueError) as err:
         check_training_step(4, 512, "bf16 emulated", 1, 1, Available(2 * GB, "the machine's available memory"))
     # at the most 16 kB per pixel: a smaller size than float32 would get
-    assert "need at least 2.1 GB" in str(err.value) and "set train.image_size to 128 " in str(err.value) and "resources.train.mem_mb" not in str(err.value)
+    message = str(err.value)
+    assert "need at least 2.1 GB" in message and "set train.image_size to 128 " in message
+    assert "resources.train.mem_mb" not in message  # not a cgroup's limit
 
 
 def test_the_precision_names_the_arithmetic_of_a_cpu_step():
@@ -53,7 +56,8 @@ def test_a_style_image_is_refused_with_the_style_size_that_fits():
         check_style_image(3000, 4000, 4000, Available(4 * GB, "the cgroup's memory limit"))
     message = str(err.value)
     assert message.startswith("the style image (4000x3000 px, train.style_size = 4000) needs at least 9.0 GB to "
-                              "compute its Gram matrices, and this process has 4.0 GB free under the cgroup's memory limit: ")
+                              "compute its Gram matrices, and this process has 4.0 GB free under the cgroup's "
+                              "memory limit: ")
     # (4 GB - 300 MiB) / 850 bytes = 4.34 MP at 4:3: a long edge of 2405, in steps of 64
     assert "set train.style_size to 2368 or less" in message
     assert message.endswith("or give the job more memory (resources.train.mem_mb)")

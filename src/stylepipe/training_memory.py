@@ -8,6 +8,7 @@ for the backward pass. On Linux an allocation beyond the memory left usually suc
 and the kernel's OOM killer ends the process later without a word, so both are refused
 here first, naming the params key to change and a value that fits. A GPU's allocator
 fails cleanly instead: `stylepipe train` explains that error (``training_out_of_memory``).
+`stylepipe evaluate` computes the Gram matrices again, in a job of its own, and checks them too.
 
 Figures measured with `stylepipe train` (AMD EPYC, AVX2; peak resident memory and address
 space, the latter for ``ulimit -v``): the style image 775-830 bytes/pixel (1-12 MP). A
@@ -44,8 +45,9 @@ def check_style_image(height: int, width: int, style_size: int | None, free: Ava
         return
     room = max(0, free.bytes - STYLE_OVERHEAD_BYTES) / STYLE_BYTES_PER_PIXEL[1]
     fits = _round_down(max(height, width) * math.sqrt(room / pixels), 64)
+    given = "null" if style_size is None else style_size
     raise ValueError(
-        f"the style image ({width}x{height} px, train.style_size = {'null' if style_size is None else style_size}) needs at least {gigabytes(needed)} "
+        f"the style image ({width}x{height} px, train.style_size = {given}) needs at least {gigabytes(needed)} "
         f"to compute its Gram matrices, and this process has {free}: set train.style_size to {fits} or less "
         f"(its long edge in px; a style may override it under styles.<name>), or give the job more memory"
         f"{_job_memory_hint(free, step)}")
@@ -75,7 +77,8 @@ def check_training_step(batch_size: int, image_size: int, kind: str, processes: 
         b = smaller_batch[0]
         fixes.append(f"set train.batch_size to {b} (with train.accumulate_grad_batches = "
                      f"{accumulate * batch_size // b} for the same images per optimizer step)")
-    size = next((s for s in range(image_size - 16, 15, -16) if _step_fits(batch_size, s, kind, processes, free)), None)
+    sizes = range((image_size - 1) // 16 * 16, 15, -16)  # multiples of 16 below image_size
+    size = next((s for s in sizes if _step_fits(batch_size, s, kind, processes, free)), None)
     if size is not None:
         fixes.append(f"set train.image_size to {size}")
     if fixes:
