@@ -20,6 +20,7 @@ from pathlib import Path
 
 # a cgroup limit at or above this is "no limit" (v1 writes 2**63 rounded down to a page)
 _UNLIMITED = 1 << 60
+CGROUP_LIMIT = "the cgroup's memory limit"  # a Slurm job's or a container's
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Available:
     """Bytes this process can still allocate, and which limit says so."""
 
     bytes: int
-    limit: str  # e.g. "the machine's available memory", "the cgroup's memory limit"
+    limit: str  # e.g. "the machine's available memory", CGROUP_LIMIT
 
     def __str__(self) -> str:
         return f"{gigabytes(self.bytes)} free under {self.limit}"
@@ -35,6 +36,11 @@ class Available:
 
 def gigabytes(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
+
+
+def round_down(n: float, step: int) -> int:
+    """A size to offer that fits: ``n`` rounded down to a multiple of ``step``, or ``n`` itself below ``step``."""
+    return max(1, int(n) // step * step or int(n))
 
 
 def out_of_memory(err: BaseException) -> bool:
@@ -77,7 +83,7 @@ def _cgroup(proc: Path, root: Path) -> Available | None:
         elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
             rooms += _rooms(root / "memory", path, "memory.limit_in_bytes", "memory.usage_in_bytes",
                             "total_inactive_file")
-    return Available(min(rooms), "the cgroup's memory limit") if rooms else None
+    return Available(min(rooms), CGROUP_LIMIT) if rooms else None
 
 
 def _rooms(mount: Path, path: str, limit_file: str, usage_file: str, cache_field: str) -> list[int]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from stylepipe.memory import Available, available_memory, gigabytes
+from stylepipe.memory import CGROUP_LIMIT, Available, available_memory, gigabytes, round_down
 
 STYLE_BYTES_PER_PIXEL = (750, 850)  # (least, most)
 # by precision kind; bf16 on a CPU that computes it natively, and bf16-true, were not measured:
@@ -44,7 +44,7 @@ def check_style_image(height: int, width: int, style_size: int | None, free: Ava
     if free is None or needed <= free.bytes:
         return
     room = max(0, free.bytes - STYLE_OVERHEAD_BYTES) / STYLE_BYTES_PER_PIXEL[1]
-    fits = _round_down(max(height, width) * math.sqrt(room / pixels), 64)
+    fits = round_down(max(height, width) * math.sqrt(room / pixels), 64)
     given = "null" if style_size is None else style_size
     raise ValueError(
         f"the style image ({width}x{height} px, train.style_size = {given}) needs at least {gigabytes(needed)} "
@@ -71,10 +71,10 @@ def check_training_step(batch_size: int, image_size: int, kind: str, processes: 
         return
     per = f", {processes} processes" if processes > 1 else ""
     fixes = []
-    smaller_batch = [b for b in range(batch_size - 1, 0, -1)
-                     if batch_size % b == 0 and _step_fits(b, image_size, kind, processes, free)]
-    if smaller_batch:
-        b = smaller_batch[0]
+    # the largest divisor of the batch that fits: accumulating then keeps the images per optimizer step exactly
+    b = next((b for b in range(batch_size - 1, 0, -1)
+              if batch_size % b == 0 and _step_fits(b, image_size, kind, processes, free)), None)
+    if b is not None:
         fixes.append(f"set train.batch_size to {b} (with train.accumulate_grad_batches = "
                      f"{accumulate * batch_size // b} for the same images per optimizer step)")
     sizes = range((image_size - 1) // 16 * 16, 15, -16)  # multiples of 16 below image_size
@@ -98,8 +98,4 @@ def _step_fits(batch_size: int, image_size: int, kind: str, processes: int, free
 
 def _job_memory_hint(free: Available, step: str) -> str:
     # under Slurm the job's cgroup is what resources.<step>.mem_mb sets
-    return f" (resources.{step}.mem_mb)" if "cgroup" in free.limit else ""
-
-
-def _round_down(n: float, step: int) -> int:
-    return max(1, int(n) // step * step or int(n))
+    return f" (resources.{step}.mem_mb)" if free.limit == CGROUP_LIMIT else ""

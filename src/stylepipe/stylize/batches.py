@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stylepipe.cpu import native_bf16_cpu
 from stylepipe.data.images import ImageError
-from stylepipe.memory import Available, available_memory, gigabytes, out_of_memory
+from stylepipe.memory import Available, available_memory, gigabytes, out_of_memory, round_down
 from stylepipe.stylize.colour import preserve_color
 from stylepipe.stylize.inputs import Content, expand_inputs, load_content, oriented_size, target_size
 from stylepipe.stylize.outputs import output_format, output_paths, save_output
@@ -116,7 +116,7 @@ def check_memory(
         room = max(0, free.bytes - _OVERHEAD_BYTES) / per_pixel[1]
         fits.append(int(max(size) * (room / pixels) ** 0.5 / (scale or 1)))
     if too_large:
-        raise TooLargeForMemory(too_large, runner, free, max(1, min(fits) // 64 * 64 or min(fits)))
+        raise TooLargeForMemory(too_large, runner, free, round_down(min(fits), 64))
 
 
 def stylize_files(
