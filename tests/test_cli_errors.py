@@ -103,7 +103,7 @@ def test_16_bit_and_transparent_inputs_decode_like_their_8_bit_rgb_equivalents(f
 
 
 def test_style_image_decodes_16_bit_and_refuses_a_non_image(files, tmp_path, tiny_params_file, capsys):
-    from stylepipe.module import load_style_image
+    from stylepipe.data.tensors import load_style_image
 
     ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (32, 1))
     Image.fromarray(ramp).save(tmp_path / "style16.png")

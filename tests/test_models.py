@@ -232,6 +232,37 @@ def test_random_state_dict_is_seeded_with_torchvision_keys():
     assert torch.equal(state, torch.random.get_rng_state()), "must not disturb the global RNG"
 
 
+def test_vgg16_layers_and_random_weights_are_torchvision_s():
+    # the loss network is built without importing torchvision: it must stay torchvision's VGG16,
+    # and the seeded random weights (offline runs) the ones torchvision's builder draws
+    from stylepipe.models.vgg import _vgg16_layers
+
+    assert repr(_vgg16_layers()) == repr(make_layers(cfgs["D"], batch_norm=False))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        features = make_layers(cfgs["D"], batch_norm=False)[:23]
+        for module in features.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                torch.nn.init.constant_(module.bias, 0)
+    ours = random_state_dict(11)
+    theirs = {f"features.{k}": v for k, v in features.state_dict().items()}
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_commands_that_never_train_do_not_import_lightning_or_torchvision():
+    # seconds at the start of every stylize/evaluate/fetch job: Lightning alone takes 5-10 s to import
+    import subprocess
+    import sys
+
+    code = ("import sys, stylepipe.stylize, stylepipe.evaluate, stylepipe.data.sources, stylepipe.models.vgg; "
+            "from stylepipe.data.tensors import load_style_image; "
+            "print(sorted(m for m in ('pytorch_lightning', 'torchvision', 'torchmetrics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_loss_network_matches_torchvision_features(tmp_path):
     state = random_state_dict(3)
     full = dict(state)

@@ -409,7 +409,8 @@ def test_folder_input_resizes_and_crops(setup):
 
 
 def test_style_image_keeps_aspect_and_module_configures_schedules(setup):
-    from stylepipe.module import StyleTransferModule, load_style_image
+    from stylepipe.data.tensors import load_style_image
+    from stylepipe.module import StyleTransferModule
 
     style = load_style_image(setup / "style.png", 35)  # 70×40 → long edge 35
     assert style.shape == (1, 3, 20, 35) and style.dtype == torch.float32 and style.max() > 1
@@ -507,7 +508,8 @@ def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
     import pytorch_lightning as pl
 
     from stylepipe.datamodule import ContentDataModule
-    from stylepipe.module import StyleTransferModule, load_style_image
+    from stylepipe.data.tensors import load_style_image
+    from stylepipe.module import StyleTransferModule
     from stylepipe.callbacks import LOSS_NAMES, Curves
 
     class Batches(pl.Callback):

@@ -25,13 +25,10 @@ from typing import Any, Iterator
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from stylepipe.data.images import ImageError, load_rgb  # the one decoder: EXIF, 16-bit, alpha on white, clear errors
-
-# .avif: the pinned Pillow reads AVIF (its wheels bundle libavif: PIL.features.check("avif"))
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif"}
+# the one decoder: EXIF, 16-bit, alpha on white, clear errors
+from stylepipe.data.images import IMAGE_SUFFIXES, ImageError, load_rgb
 
 
 def is_shard_dir(path: str | Path) -> bool:
@@ -45,10 +42,6 @@ def list_images(folder: str | Path) -> list[Path]:
 
     folder = Path(folder)
     return [folder / name for name in list_files(folder) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
-
-
-def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 

@@ -191,7 +191,7 @@ def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, devi
 def _loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
     from stylepipe.losses import content_loss, gram_matrix, style_loss, tv_loss
     from stylepipe.models.vgg import LossNetwork, layer_names
-    from stylepipe.module import load_style_image
+    from stylepipe.data.tensors import load_style_image
     from stylepipe.training_memory import check_style_image
 
     layers = layer_names(train["content_layers"], train["style_layers"])

@@ -246,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
                                      signal_handlers_kept, write_curves)
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.models.vgg import load_features_state
-    from stylepipe.module import StyleTransferModule, load_style_image
+    from stylepipe.data.tensors import load_style_image
+    from stylepipe.module import StyleTransferModule
     from stylepipe.resume import find_checkpoints, fingerprint, record_attempt, set_aside
 
     pl.seed_everything(seed, workers=True, verbose=False)

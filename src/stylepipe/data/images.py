@@ -29,6 +29,11 @@ RAISE_LIMIT = "if you trust the file, raise the limit with STYLEPIPE_MAX_IMAGE_P
 
 WHITE = (255, 255, 255)
 
+# The files read as images everywhere (training folders, stylize inputs, content sets). Defined
+# here, not in the datamodule, so the commands that never train do not import Lightning.
+# .avif: the pinned Pillow reads AVIF (its wheels bundle libavif: PIL.features.check("avif"))
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif"}
+
 
 class ImageError(ValueError):
     """An input file is not a usable image; ``reason`` says why in a few words."""

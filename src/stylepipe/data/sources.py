@@ -220,7 +220,7 @@ def _folder_files(folder: Path) -> list[str]:
 
 def _require_images(names: list[str], where: str) -> None:
     """Refuse a content set without a single image file (resize would find nothing to train on)."""
-    from stylepipe.datamodule import IMAGE_SUFFIXES
+    from stylepipe.data.images import IMAGE_SUFFIXES
 
     if any(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in names):
         return

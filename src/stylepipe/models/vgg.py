@@ -13,13 +13,14 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from stylepipe.models.weights import read_weights
 
 # index of each ReLU inside torchvision's vgg16().features
 LAYER_INDICES = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
 NUM_FEATURES = 23  # features[:23] ends with relu4_3
+# torchvision's VGG16 layer configuration ("D"): conv output channels, "M" a 2x2 max pool
+VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 # ImageNet statistics, for inputs scaled to 0–1 (pytorch/examples normalize_batch)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,9 +32,24 @@ FETCH_HINT = (
 )
 
 
+def _vgg16_layers() -> nn.Sequential:
+    """torchvision's ``vgg16().features``, built as its ``make_layers`` builds it (same modules, same
+    order, so the same random numbers are drawn); written out here because importing torchvision
+    costs seconds that `stylepipe evaluate` and `fetch loss-network` otherwise never pay."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for v in VGG16_CONFIG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = v
+    return nn.Sequential(*layers)
+
+
 def _features() -> nn.Sequential:
     """``vgg16().features[:23]`` without building (and initialising) the 120 M-parameter classifier."""
-    features = make_layers(cfgs["D"], batch_norm=False)[:NUM_FEATURES]
+    features = _vgg16_layers()[:NUM_FEATURES]
     for module in features.modules():
         if isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -74,7 +90,7 @@ def _features_state(state: dict, path: Path) -> dict[str, torch.Tensor]:
 def _shapes() -> dict[str, torch.Tensor]:
     """The keys and shapes of ``features[:23]`` (on the meta device: nothing allocated)."""
     with torch.device("meta"):
-        return make_layers(cfgs["D"], batch_norm=False)[:NUM_FEATURES].state_dict()
+        return _vgg16_layers()[:NUM_FEATURES].state_dict()
 
 
 def load_features_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -15,8 +15,7 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from stylepipe.data.images import displayed_size, load_rgb_and_alpha, open_image
-from stylepipe.datamodule import IMAGE_SUFFIXES
+from stylepipe.data.images import IMAGE_SUFFIXES, displayed_size, load_rgb_and_alpha, open_image
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

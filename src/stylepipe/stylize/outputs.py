@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from stylepipe.datamodule import IMAGE_SUFFIXES
+from stylepipe.data.images import IMAGE_SUFFIXES
 from stylepipe.io import atomic_path, check_writable
 from stylepipe.stylize.inputs import Content
 

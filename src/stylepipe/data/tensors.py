@@ -1,0 +1,38 @@
+"""Images as the tensors the networks take.
+
+Content batches are uint8 CHW (converted to float on the device); the style
+image is a float 0–255 batch of one. Kept apart from the LightningModule and
+the datamodule so that `stylepipe evaluate`, which needs the style image too,
+does not import Lightning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stylepipe.data.images import ImageError, load_rgb
+
+
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def load_style_image(path: str | Path, style_size: int | None) -> torch.Tensor:
+    """The style image as a float [1, 3, H, W] batch in 0–255, long edge = ``style_size`` (aspect kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"style image {path} not found; fetch it with `stylepipe fetch style` (or `snakemake {path}`)")
+    try:
+        image = load_rgb(path)
+    except ImageError as err:
+        raise ImageError(path, f"unusable style image: {err.reason}; pass an image file "
+                               "(or fetch it again with `stylepipe fetch style`)") from err
+    if style_size:
+        scale = style_size / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return to_uint8_tensor(image).unsqueeze(0).float()
