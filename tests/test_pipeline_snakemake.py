@@ -121,6 +121,16 @@ def test_every_declared_output_exists(run):
     assert "Nothing to be done" in sh(run, "snakemake", "-n").stdout
 
 
+def test_a_one_process_training_log_has_no_srun_hint(run):
+    # where Slurm's client is installed (a login node), Lightning suggests srun to any run outside it;
+    # a one-process training needs none
+    if shutil.which("srun") is None:
+        pytest.skip("srun is not installed: Lightning has nothing to suggest")
+    for style in STYLES:
+        log = (run / f"logs/train/{style}.log").read_text()
+        assert "Trainer.fit` stopped" in log and "srun" not in log, log[:400]
+
+
 def test_metrics_are_finite(run):
     metrics = json.loads((run / "results/metrics.json").read_text())
     assert sorted(metrics) == STYLES

@@ -236,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     # resuming from the checkpoints in --scratch is what it is for
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    if tp["devices"] == 1 and tp["num_nodes"] == 1:
+        # Lightning's hint to start with srun where srun exists (a cluster's login node) is for
+        # processes that must meet; one process has none to wait for
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_no_tips)
 
     import pytorch_lightning as pl
