@@ -118,6 +118,29 @@ def test_unweighted_losses_do_not_depend_on_the_weights(run, tmp_path):
     assert after["ssim"] == before["ssim"]
 
 
+def test_evaluate_and_stylize_do_not_import_lightning_or_torchvision(run, tmp_path):
+    # they start in about half the time without them (Lightning alone takes 5-10 s to import)
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('loaded:', [m for m in ('pytorch_lightning', 'torchvision', "
+            "'torchmetrics') if m in sys.modules]))\n"
+            "from stylepipe.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    commands = {
+        "evaluate": ["evaluate", "--params", run / "params.yaml", "--style", "waves", "--model", run / "waves.pth",
+                     "--eval-images", run / "eval", "--stylized", run / "stylized" / "waves",
+                     "--style-image", run / "styles" / "waves.png", "--loss-network", run / "vgg.pth",
+                     "--train-summary", run / "waves-summary.json", "--output", tmp_path / "m.json",
+                     "--speed", tmp_path / "s.json"],
+        "stylize": ["stylize", "--model", run / "waves.pth", "--engine", "torch", "--output", tmp_path / "out",
+                    run / "eval"],
+    }
+    for name, args in commands.items():
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.splitlines()[-1] == "loaded: []", (name, proc.stdout[-500:])
+    assert (tmp_path / "m.json").is_file() and len(list((tmp_path / "out").glob("*.png"))) == len(EVAL)
+
+
 def test_losses_differ_between_styles(run):
     a, b = (json.loads((run / "metrics" / f"{s}.json").read_text()) for s in STYLES)
     assert a["style_loss"] != b["style_loss"]

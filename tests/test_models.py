@@ -251,18 +251,6 @@ def test_vgg16_layers_and_random_weights_are_torchvision_s():
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_commands_that_never_train_do_not_import_lightning_or_torchvision():
-    # seconds at the start of every stylize/evaluate/fetch job: Lightning alone takes 5-10 s to import
-    import subprocess
-    import sys
-
-    code = ("import sys, stylepipe.stylize, stylepipe.evaluate, stylepipe.data.sources, stylepipe.models.vgg; "
-            "from stylepipe.data.tensors import load_style_image; "
-            "print(sorted(m for m in ('pytorch_lightning', 'torchvision', 'torchmetrics') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
 def test_loss_network_matches_torchvision_features(tmp_path):
     state = random_state_dict(3)
     full = dict(state)
