@@ -22,7 +22,7 @@ DEMO_CONFIG ?= config/demo.yaml config/offline.yaml
 demo: setup
 	snakemake --cores all --configfile $(DEMO_CONFIG)
 
-# Default test run (about 11 minutes on 2 idle cores; README.md, "Tests and benchmarks"). Slurm tests run when a cluster is up
+# Default test run (about 11 minutes on 2 idle AVX-512 cores, 28 on AVX2-only ones; README.md, "Tests and benchmarks"). Slurm tests run when a cluster is up
 # (scripts/slurm-cluster.sh up) and skip with the reason otherwise; slow tests are opt-in.
 test: setup
 	pytest -m "not slow" --durations=15
