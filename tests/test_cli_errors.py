@@ -512,6 +512,26 @@ def test_available_memory_is_the_tightest_of_the_machine_and_cgroup_limits(tmp_p
     assert available_memory(proc, v1).limit == "the machine's available memory"
 
 
+def test_a_ctrl_c_just_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    import os
+
+    from stylepipe.io import write_json
+
+    real_open = os.open
+
+    def open_then_interrupted(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith(".part"):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(tmp_path / "m.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_write_that_fails_names_the_output_not_its_temporary_file(tmp_path):
     """Outputs are written under a temporary name and renamed: an error must name the output."""
     import errno

@@ -104,3 +104,21 @@ def test_damaged_shard_names_the_file_and_the_fix(shard_dir, damage):
         shard.write_bytes(b"not an array")
     with pytest.raises(ValueError, match="shard-00001.npy: unreadable shard .*re-run `stylepipe resize`"):
         ShardReader(shard_dir)[0]
+
+
+def test_a_ctrl_c_just_after_the_temporary_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    # ^C in the instant between making the .part folder and the `with` block taking charge of it
+    import os
+
+    real_mkdir = os.mkdir
+
+    def mkdir_then_interrupted(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if str(path).endswith(".part"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,8 @@ import contextlib
 import errno
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -21,13 +23,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        tmp_path = new_temporary(path)
     except OSError as err:
         raise _about_output(err, path) from err
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600; outputs get the usual permissions of a new file
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -38,6 +36,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def new_temporary(path: Path, folder: bool = False) -> Path:
+    """Make a new, empty ``.NAME.<random>.part`` file (or folder) beside ``path`` and return it.
+
+    It gets the usual permissions of a new file or folder (the umask applies).
+    Unlike mkstemp's, its name is chosen before it is made, so a ^C arriving
+    just after it is made, before the caller's cleanup is in place, still
+    removes it instead of leaving it behind.
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+        try:
+            if folder:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue  # another's: take another name
+        except BaseException:
+            if folder:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -92,12 +116,6 @@ def check_output_files(outputs: Mapping[str, Path | None], suffixes: Mapping[str
                              + " or ".join(allowed))
     for folder, flag in {path.parent: flag for flag, path in files.items()}.items():
         check_writable(folder, flag, keep=False)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from stylepipe.io import read_json, write_json
+from stylepipe.io import new_temporary, read_json, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "stylepipe-shards"
@@ -134,12 +134,6 @@ def replace_directory(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
 class OutputNotOurs(ValueError):
     """The output path holds something this command did not write; replacing it would lose it."""
 
@@ -173,8 +167,8 @@ class atomic_directory:
     def __enter__(self) -> Path:
         self.check()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent))
-        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; outputs are shared
+        # removed by __exit__, or by new_temporary itself if ^C comes before __enter__ returns
+        self.tmp = new_temporary(self.path, folder=True)
         return self.tmp
 
     def __exit__(self, exc_type, *_: Any) -> None:
