@@ -44,7 +44,6 @@ def list_images(folder: str | Path) -> list[Path]:
     return [folder / name for name in list_files(folder) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
 
 
-
 def _worker_init(worker_id: int, rank: int) -> None:
     """A loader worker ignores ^C: the terminal sends it to every process, and the training
     process finishes its step and checkpoints with the workers still feeding it."""

@@ -248,9 +248,9 @@ def run(args: argparse.Namespace) -> int:
 
     from stylepipe.callbacks import (VAL_CURVE_COLUMNS, Curves, Finished, Preempted, Preemption, SameStart,
                                      signal_handlers_kept, write_curves)
+    from stylepipe.data.tensors import load_style_image
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.models.vgg import load_features_state
-    from stylepipe.data.tensors import load_style_image
     from stylepipe.module import StyleTransferModule
     from stylepipe.resume import find_checkpoints, fingerprint, record_attempt, set_aside
 

@@ -1,9 +1,7 @@
-"""Images as the tensors the networks take.
+"""The style image as the tensor the loss network takes: a float 0–255 batch of one.
 
-Content batches are uint8 CHW (converted to float on the device); the style
-image is a float 0–255 batch of one. Kept apart from the LightningModule and
-the datamodule so that `stylepipe evaluate`, which needs the style image too,
-does not import Lightning.
+Kept apart from the LightningModule so that `stylepipe evaluate`, which
+computes the style's Gram matrices too, does not import Lightning.
 """
 
 from __future__ import annotations
