@@ -6,6 +6,7 @@ initialised TransformerNet, a seeded random loss network.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -548,6 +549,24 @@ def test_a_write_that_fails_names_the_output_not_its_temporary_file(tmp_path):
             tmp.write_text("{")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert cli.user_message(err.value) == f"{tmp_path / 'm.json'}: No space left on device (the output was not written)"
+    # torch.save's zip writer reports a failed write as its own "RuntimeError: ... unexpected pos"
+
+    class FillsUp(io.RawIOBase):
+        written = 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):  # the first records fit, a later one does not
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(data)
+
+    with pytest.raises(OSError) as err:
+        with atomic_path(tmp_path / "w.ckpt") as tmp, open(tmp, "wb"):
+            torch.save({"w": torch.zeros(10_000)}, FillsUp())
+    assert cli.user_message(err.value) == f"{tmp_path / 'w.ckpt'}: No space left on device (the output was not written)"
     # an error about another file (an input read inside the block) keeps its own name
     with pytest.raises(FileNotFoundError) as err:
         with atomic_path(tmp_path / "n.json"):

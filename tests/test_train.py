@@ -589,6 +589,36 @@ def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
     assert_identical(setup / "early" / "waves.pth", setup / "early-cut" / "waves.pth")
 
 
+def _file_size_limit(limit: int):
+    """For a child process: writes past ``limit`` bytes fail with EFBIG, as writes to a full disk fail with ENOSPC."""
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_while_checkpointing_names_the_file_and_how_to_go_on(setup):
+    """torch.save reports the failed write as "unexpected pos ...": the user gets the file, the reason, what to do."""
+    run = "full"
+    cmd = command(setup, run)
+    # the tiny net's checkpoints are about 20 MB, its logs far smaller: the first checkpoint (step 2) fails
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(10 << 20))
+    assert result.returncode == 2, result.stderr[-3000:]
+    scratch = setup / run / "scratch"
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"stylepipe train: error: {scratch / 'step0000002.ckpt'}: File too large"), last_line
+    assert "at step 2: free space on that disk" in last_line and "run the same command again" in last_line
+    assert "Traceback" not in result.stderr and "unexpected pos" not in result.stderr
+    # no half-written checkpoint is left to resume from, and the record says what happened
+    assert not list(scratch.glob("*.ckpt")) and not list(scratch.glob(".*.part"))
+    assert "disk full at step 2" in (scratch / "attempts.log").read_text()
+    # with room again, the same command trains to the end
+    train(setup, run, cmd)
+    assert (setup / run / "waves.pth").is_file()
+
+
 def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):
     first = variant(setup, "g", max_steps=2)
     train(setup, "g", first)

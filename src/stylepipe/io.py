@@ -34,6 +34,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if err.filename in (str(tmp_path), tmp_path) or (err.filename is None and err.errno in _DISK_FULL):
             raise _about_output(err, path) from err
         raise
+    except Exception as err:
+        # a writer in C++ (torch.save's zip writer) turns the failed write into a RuntimeError of its own
+        full = disk_full(err)
+        if full is None:
+            raise
+        raise _about_output(full, path) from err
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -65,6 +71,21 @@ def new_temporary(path: Path, folder: bool = False) -> Path:
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def disk_full(err: BaseException) -> OSError | None:
+    """The no-space (or quota, or file-size limit) OSError behind ``err``, if a full disk is its cause.
+
+    Libraries that write through Python file objects report the failure as
+    their own error; the OSError is then its cause or context.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _about_output(err: OSError, path: Path) -> OSError:

@@ -110,8 +110,11 @@ def record_attempt(scratch: Path, event: str) -> None:
 
     job = os.environ.get("SLURM_JOB_ID")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with open(scratch / "attempts.log", "a", encoding="utf-8") as log:
-        log.write(f"{when}{f' slurm job {job}' if job else ''}: {event}\n")
+    try:
+        with open(scratch / "attempts.log", "a", encoding="utf-8") as log:
+            log.write(f"{when}{f' slurm job {job}' if job else ''}: {event}\n")
+    except OSError as err:  # a full disk, say: the error being reported matters more than its record
+        print(f"stylepipe train: could not add to {scratch / 'attempts.log'}: {err.strerror or err}", file=sys.stderr)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
