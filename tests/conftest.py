@@ -46,3 +46,15 @@ def tiny_params_file(tmp_path: Path) -> Path:
     path.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
     load_params([path])  # fail here, not deep inside a step, if it drifts from the schema
     return path
+
+
+def file_size_limit(limit: int):
+    """A ``preexec_fn`` for a child process: its writes past ``limit`` bytes in a file fail (EFBIG), as
+    writes to a full disk fail (ENOSPC): a full disk that needs no mount and leaves the machine's alone."""
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply

@@ -25,7 +25,8 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 class Handler(http.server.BaseHTTPRequestHandler):
     """/ok: honours Range. /drop: the first response stops mid-file and closes
     the connection. /norange-drop: same, and the server ignores Range.
-    /zip, /tar: archives with a member escaping the target. Else 404."""
+    /zip, /tar: archives with a member escaping the target. /huge: an exabyte's headers, no body.
+    Else 404."""
 
     files: dict[str, bytes] = {}
     requests: list[tuple[str, str | None]] = []
@@ -36,6 +37,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         Handler.requests.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/huge"):  # a file larger than any disk: only its size is sent
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 60))
+            self.end_headers()
+            self.close_connection = True
+            return
         body = Handler.files.get(self.path.rsplit("/", 1)[-1])
         if body is None:
             self.send_error(404, "Not Found")
@@ -237,6 +244,36 @@ def test_cli_requires_a_checksum_and_reports_errors(server, tmp_path, capsys):
         cli(["download", f"{server}/ok/data.bin", "--output", str(tmp_path / "x")])
     assert cli(["download", f"{server}/ok/nope.bin", "--output", str(tmp_path / "x"), "--md5", MD5]) == 2
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_a_file_larger_than_the_free_space_is_refused_before_any_byte(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"1,152,921,504.6 GB still to download into .*data.bin.part, but only "
+                                            r".* are free on that disk: free space there, then run again"):
+        download(f"{server}/huge/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert list(tmp_path.iterdir()) == [] and len(Handler.requests) == 1  # refused, not retried
+
+
+def test_a_disk_that_fills_up_keeps_the_part_and_a_second_run_resumes(server, tmp_path):
+    """The real command under a file-size limit (writes past it fail as on a full disk)."""
+    import subprocess
+    import sys
+
+    from conftest import file_size_limit
+
+    out = tmp_path / "data.bin"
+    stylepipe = Path(sys.executable).with_name("stylepipe")
+    result = subprocess.run([str(stylepipe), "download", f"{server}/ok/data.bin", "--output", str(out),
+                             "--sha256", SHA256], capture_output=True, text=True, timeout=120,
+                            preexec_fn=file_size_limit(300_000))
+    assert result.returncode == 2, result.stderr[-3000:]
+    kept = (tmp_path / "data.bin.part").stat().st_size
+    assert 0 < kept <= 300_000 and not out.exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"stylepipe download: error: {out}.part: File too large after {kept:,} of {len(PAYLOAD):,} bytes of "
+        f"{server}/ok/data.bin; the partial download is kept: free space on that disk, then run again to resume")
+    Handler.requests.clear()
+    download(f"{server}/ok/data.bin", out, sha256=SHA256, progress=False)
+    assert Handler.requests == [("/ok/data.bin", f"bytes={kept}-")] and out.read_bytes() == PAYLOAD
 
 
 def _zip(members: dict[str, bytes]) -> bytes:

@@ -264,6 +264,28 @@ def test_ctrl_c_ends_with_one_line_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
 
+def test_a_full_disk_names_the_output_and_keeps_the_previous_one(inputs, resized, tmp_path):
+    """The shards are written through file descriptors: a full disk's error names no file. The command
+    names its output instead, and the previous resized set stays whole under that name."""
+    import shutil
+    import subprocess
+
+    from conftest import file_size_limit
+
+    out = tmp_path / "out"
+    shutil.copytree(resized[0], out)
+    before = _tree(out)
+    one_image = 3 * N * N
+    result = subprocess.run(["stylepipe", "resize", "--input", str(inputs), "--output", str(out), "--size", str(N),
+                             "--images-per-shard", "1000"], capture_output=True, text=True, timeout=120,
+                            preexec_fn=file_size_limit(2 * one_image + 200))  # the first shard's 3rd image fails
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"stylepipe resize: error: {out}: File too large (the output was not written)"), result.stderr[-3000:]
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 @pytest.fixture(scope="module")
 def zipped(inputs, tmp_path_factory) -> Path:
     """The same files as ``inputs`` in a zip, in scrambled order, with the folder

@@ -18,7 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import tiny_params_dict
+from conftest import file_size_limit, tiny_params_dict
 from stylepipe import cli
 from stylepipe.datamodule import ResumableSampler
 from stylepipe.export import check_onnx
@@ -589,22 +589,12 @@ def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
     assert_identical(setup / "early" / "waves.pth", setup / "early-cut" / "waves.pth")
 
 
-def _file_size_limit(limit: int):
-    """For a child process: writes past ``limit`` bytes fail with EFBIG, as writes to a full disk fail with ENOSPC."""
-    def apply():
-        import resource
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing the write
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
-
-
 def test_full_disk_while_checkpointing_names_the_file_and_how_to_go_on(setup):
     """torch.save reports the failed write as "unexpected pos ...": the user gets the file, the reason, what to do."""
     run = "full"
     cmd = command(setup, run)
     # the tiny net's checkpoints are about 20 MB, its logs far smaller: the first checkpoint (step 2) fails
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(10 << 20))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(10 << 20))
     assert result.returncode == 2, result.stderr[-3000:]
     scratch = setup / run / "scratch"
     last_line = result.stderr.strip().splitlines()[-1]

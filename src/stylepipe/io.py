@@ -25,21 +25,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         tmp_path = new_temporary(path)
     except OSError as err:
-        raise _about_output(err, path) from err
+        raise naming_output(err, path) from err
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as err:
         # the temporary name means nothing to the user: name the output (a full disk names no file at all)
-        if err.filename in (str(tmp_path), tmp_path) or (err.filename is None and err.errno in _DISK_FULL):
-            raise _about_output(err, path) from err
+        if err.filename in (str(tmp_path), tmp_path) or (err.filename is None and err.errno in DISK_FULL):
+            raise naming_output(err, path) from err
         raise
     except Exception as err:
         # a writer in C++ (torch.save's zip writer) turns the failed write into a RuntimeError of its own
         full = disk_full(err)
         if full is None:
             raise
-        raise _about_output(full, path) from err
+        raise naming_output(full, path) from err
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -70,7 +70,7 @@ def new_temporary(path: Path, folder: bool = False) -> Path:
             raise
 
 
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def disk_full(err: BaseException) -> OSError | None:
@@ -82,15 +82,19 @@ def disk_full(err: BaseException) -> OSError | None:
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
             return err
         err = err.__cause__ or err.__context__
     return None
 
 
-def _about_output(err: OSError, path: Path) -> OSError:
+def naming_output(err: OSError, path: Path, folder: bool = False) -> OSError:
+    """``err`` about the output ``path`` (not a temporary name, or no name at all), saying it was not written.
+
+    ``folder``: the output is a folder (else an existing folder there is why a file could not be written).
+    """
     reason = err.strerror or str(err)
-    if path.is_dir():
+    if not folder and path.is_dir():
         reason = "is a folder; give a file name"
     return type(err)(err.errno, f"{reason} (the output was not written)", str(path))
 

@@ -24,6 +24,7 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -42,6 +43,7 @@ except ImportError:  # not on Windows: downloads there are not locked
 
 from stylepipe import __version__
 from stylepipe.arguments import non_negative_int
+from stylepipe.io import DISK_FULL
 
 CHUNK = 1 << 20
 DOWNLOAD_CACHE = Path("scratch/downloads")
@@ -164,24 +166,50 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
             offset = 0  # server (or file://) ignored the Range header: start over
         length = response.headers.get("Content-Length")
         expected_total = offset + int(length) if length is not None else None
+        if length is not None:
+            _check_room(url, part, int(length))
         mode = "ab" if offset else "wb"
-        with open(part, mode) as out, tqdm(
-            total=expected_total,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            desc=Path(urllib.parse.urlparse(url).path).name or url,
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            if offset and out.tell() != offset:
-                raise DownloadError(f"{part}: changed while resuming; delete it and run again")
-            while block := response.read(CHUNK):
-                out.write(block)
-                bar.update(len(block))
-            written = out.tell()
+        try:
+            with open(part, mode) as out, tqdm(
+                total=expected_total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=Path(urllib.parse.urlparse(url).path).name or url,
+                disable=not progress,
+                dynamic_ncols=True,
+            ) as bar:
+                if offset and out.tell() != offset:
+                    raise DownloadError(f"{part}: changed while resuming; delete it and run again")
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    bar.update(len(block))
+                written = out.tell()
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            total = f"{expected_total:,}" if expected_total is not None else "all the"
+            raise DownloadError(
+                f"{part}: {err.strerror} after {part.stat().st_size:,} of {total} bytes of {url}; the partial "
+                f"download is kept: free space on that disk, then run again to resume") from err
     if expected_total is not None and written < expected_total:
         raise _Incomplete(f"connection closed after {written:,} of {expected_total:,} bytes")
+
+
+def _check_room(url: str, part: Path, remaining: int) -> None:
+    """Refuse at once a download the disk cannot hold, rather than after filling it (COCO is 13 GB)."""
+    free = shutil.disk_usage(part.parent).free
+    if remaining > free:
+        elsewhere = ""
+        if part.resolve().is_relative_to(download_cache().resolve()):
+            elsewhere = f", or set ${DOWNLOAD_CACHE_VARIABLE} to a folder on a disk with room"
+        raise DownloadError(
+            f"{url}: {_gigabytes(remaining)} still to download into {part}, but only {_gigabytes(free)} are free "
+            f"on that disk: free space there{elsewhere}, then run again")
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
 def download(

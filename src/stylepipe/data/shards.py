@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from stylepipe.io import new_temporary, read_json, write_json
+from stylepipe.io import disk_full, naming_output, new_temporary, read_json, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "stylepipe-shards"
@@ -171,11 +171,14 @@ class atomic_directory:
         self.tmp = new_temporary(self.path, folder=True)
         return self.tmp
 
-    def __exit__(self, exc_type, *_: Any) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             replace_directory(self.tmp, self.path)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        full = disk_full(exc)
+        if full is not None and full.filename is None:  # write() knows a descriptor, not a name: name the output
+            raise naming_output(full, self.path, folder=True) from exc
 
 
 class ShardReader:
