@@ -15,8 +15,11 @@ space, the latter for ``ulimit -v``): the style image 775-830 bytes/pixel (1-12 
 float32 step takes, on top of what the process holds before ``fit``, 4,550-4,750 bytes per
 batch pixel at 0.25-1 MP per image and up to 8,500 at 0.04 MP (buffers and threads weigh
 more there: 680 MB at 128 px, 1.4 GB at 208 px, 4.8 GB at 512 px, batch 4); bf16 emulated
-on a CPU without native bf16 up to 3.5 times that. A run is refused only if it cannot fit
-even at the least; the value offered fits at the most.
+on a CPU without native bf16 up to 3.5 times that. In address space a step takes more, and
+varies from run to run: glibc gives threads that allocate at once arenas of their own, 64 MB
+of address space each (1.05 GB at 128 px, 1.40-1.49 GB at 176 px, 2.1 GB at 256 px, batch 4;
+about 300 MB less with a single arena). A run is refused only if it cannot fit even at the
+least; the value offered fits at the most, overhead included.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from stylepipe.memory import CGROUP_LIMIT, Available, available_memory, gigabyte
 STYLE_BYTES_PER_PIXEL = (750, 850)  # (least, most)
 # by precision kind; bf16 on a CPU that computes it natively, and bf16-true, were not measured:
 # bf16 activations are half the size of float32's, so half float32's least is the least
-STEP_BYTES_PER_PIXEL = {"fp32": (4000, 4800), "bf16 native": (2000, 4800), "bf16 emulated": (2000, 16000)}
-STEP_OVERHEAD_BYTES = 800 << 20  # at the most, besides the pixels'
+STEP_BYTES_PER_PIXEL = {"fp32": (4000, 5000), "bf16 native": (2000, 5000), "bf16 emulated": (2000, 16000)}
+STEP_OVERHEAD_BYTES = 1000 << 20  # at the most, besides the pixels' (malloc arenas included)
 STYLE_OVERHEAD_BYTES = 300 << 20
 
 
