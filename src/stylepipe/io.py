@@ -29,17 +29,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except OSError as err:
-        # the temporary name means nothing to the user: name the output (a full disk names no file at all)
-        if err.filename in (str(tmp_path), tmp_path) or (err.filename is None and err.errno in DISK_FULL):
-            raise naming_output(err, path) from err
-        raise
     except Exception as err:
-        # a writer in C++ (torch.save's zip writer) turns the failed write into a RuntimeError of its own
-        full = disk_full(err)
-        if full is None:
+        failed = failed_write(err, tmp_path)
+        if failed is None:
             raise
-        raise naming_output(full, path) from err
+        raise naming_output(failed, path) from err
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -86,6 +80,18 @@ def disk_full(err: BaseException) -> OSError | None:
             return err
         err = err.__cause__ or err.__context__
     return None
+
+
+def failed_write(err: BaseException, tmp: Path) -> OSError | None:
+    """The OSError behind ``err`` that should name the output being written instead: one naming the
+    temporary ``tmp`` (a name that means nothing to the user), or a full disk's, which names no file
+    at all (write() knows a descriptor only; a writer in C++, torch.save's zip writer, reports it as
+    a RuntimeError of its own). None for any other error, which keeps its own message.
+    """
+    if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
+        return err
+    full = disk_full(err)
+    return full if full is not None and full.filename is None else None
 
 
 def naming_output(err: OSError, path: Path, folder: bool = False) -> OSError:

@@ -360,18 +360,17 @@ def run(args: argparse.Namespace) -> int:
 def explain_failure(err: Exception, tp: dict, trainer, resume: Path | None) -> tuple[str, ValueError] | None:
     """For a failure the user can fix (params, memory, disk space): (what happened, for attempts.log;
     the error saying what to change). None for any other error, which keeps its traceback."""
-    kept = ("run it again once changed: it resumes from the last checkpoint written to --scratch"
-            if trainer.global_step or resume else "it stopped before the first step")
+    resumes = "it resumes from the last checkpoint written to --scratch"
+    started = trainer.global_step or resume
+    kept = f"run it again once changed: {resumes}" if started else "it stopped before the first step"
     if out_of_memory(err):
         return "out of memory", training_out_of_memory(tp, trainer, kept)
     full = disk_full(err)
     if full is not None:
-        where = full.filename or "a file of the run"
-        resumes = ("run the same command again once there is room: it resumes from the last checkpoint written "
-                   "to --scratch" if trainer.global_step or resume else "it stopped before the first step")
+        again = f"run the same command again once there is room: {resumes}" if started else kept
         return "disk full", ValueError(
-            f"{where}: {full.strerror or full} at step {trainer.global_step}: free space on that disk, or give "
-            f"--scratch a disk with room; {resumes}")
+            f"{full.filename or 'a file of the run'}: {full.strerror or full} at step {trainer.global_step}: free "
+            f"space on that disk, or give --scratch a disk with room; {again}")
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if first_line.startswith("DataLoader worker (pid"):
         # PyTorch's line when a worker dies without an error of its own ("is killed by signal: Killed" or

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from stylepipe.io import disk_full, naming_output, new_temporary, read_json, write_json
+from stylepipe.io import failed_write, naming_output, new_temporary, read_json, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "stylepipe-shards"
@@ -176,9 +176,9 @@ class atomic_directory:
             replace_directory(self.tmp, self.path)
             return
         shutil.rmtree(self.tmp, ignore_errors=True)
-        full = disk_full(exc)
-        if full is not None and full.filename is None:  # write() knows a descriptor, not a name: name the output
-            raise naming_output(full, self.path, folder=True) from exc
+        failed = failed_write(exc, self.tmp)
+        if failed is not None:
+            raise naming_output(failed, self.path, folder=True) from exc
 
 
 class ShardReader:
