@@ -6,7 +6,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-all bench
+.PHONY: setup demo test test-slow test-all bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,15 @@ DEMO_CONFIG ?= config/demo.yaml config/offline.yaml
 demo: setup
 	snakemake --cores all --configfile $(DEMO_CONFIG)
 
-# Default test run (about 11 minutes on 2 idle AVX-512 cores, 28 on AVX2-only ones; README.md, "Tests and benchmarks"). Slurm tests run when a cluster is up
-# (scripts/slurm-cluster.sh up) and skip with the reason otherwise; slow tests are opt-in.
+# Default test run (README.md, "Tests and benchmarks", has its time). The slow tests (a pipeline on a
+# Slurm cluster, DDP and multi-node trainings, signal and memory edge cases, the larger benchmarks)
+# are left out of it: `make test-slow` runs only those, `make test-all` everything. Slurm tests run
+# when a cluster is up (scripts/slurm-cluster.sh up) and skip with the reason otherwise.
 test: setup
 	pytest -m "not slow" --durations=15
+
+test-slow: setup
+	pytest -m slow --durations=15
 
 test-all: setup
 	pytest

@@ -31,7 +31,7 @@ def run_benchmark(name: str, *args: str) -> list[str]:
 @pytest.mark.parametrize("name, args", [
     ("shard_reader.py", ()),
     ("stylize_throughput.py", ("--size", "64", "--rounds", "1")),
-    ("dag_overhead.py", ("--entries", "200", "--repeat", "1")),
+    pytest.param("dag_overhead.py", ("--entries", "200", "--repeat", "1"), marks=pytest.mark.slow),
     pytest.param("resize_throughput.py", (), marks=pytest.mark.slow),
     pytest.param("train_throughput.py", ("--size", "32", "--steps", "1", "--rounds", "1"), marks=pytest.mark.slow),
 ])
@@ -51,6 +51,7 @@ def test_gpu_benchmark_without_a_gpu_says_it_is_skipped(name):
 BEST = re.compile(r"^best_variant_vs_baseline: \d+\.\d\d \([\w-]+\)$")
 
 
+@pytest.mark.slow
 def test_gpu_variants_smoke_run_on_cpu_checks_every_variant():
     # one eager step per variant (about 8 s on an idle 2-core machine); exit status 0: every
     # variant's first loss and TransformerNet gradient matched the baseline's

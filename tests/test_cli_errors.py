@@ -336,6 +336,7 @@ def _capped_stylize(files, tmp_path, cap, engine, *options, returncode=2):
     return (one_error_line(proc.stderr, "stylize") if returncode else proc.stdout), written
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_stylize_refuses_up_front_an_image_too_large_for_the_memory_left(files, tmp_path, engine):
@@ -394,6 +395,7 @@ def _capped_train(files, tmp_path, returncode=2, style_image=None, **train_value
     return one_error_line(proc.stderr, "train") if returncode else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
 def test_training_steps_too_large_for_the_memory_left_are_refused_with_a_size_that_fits(files, tmp_path):
     """On a CPU the kernel would kill the step without a word: refused before training, with a value that fits."""
@@ -410,6 +412,7 @@ def test_training_steps_too_large_for_the_memory_left_are_refused_with_a_size_th
     assert (tmp_path / "out" / "m.pth").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
 def test_a_style_image_too_large_for_the_memory_left_is_refused_with_a_style_size_that_fits(files, tmp_path):
     """train.style_size: null keeps a scanned painting at full size: its Gram matrices would need 18 GB."""

@@ -123,6 +123,7 @@ def test_metrics_diff_shows_the_change(dvc_run):
     assert not [key for values in diff.values() for key in values if any(word in key for word in TIMING)], diff
 
 
+@pytest.mark.slow
 def test_removed_style_leaves_both_reports(tmp_path_factory, tmp_path):
     from stylepipe.report import gallery_size
 
@@ -164,6 +165,7 @@ def test_exp_run_sets_numbers_in_exponent_form(tmp_path):
     assert params["styles"]["waves"]["tv_weight"] == 1e-05 and params["train"]["lr"] == 2e-05
 
 
+@pytest.mark.slow
 def test_experiment_through_remotes_to_a_fresh_clone(dvc_run, tmp_path):
     """README, "A remote for DVC": push, clone, pull (clean, nothing to rerun), then an experiment
     pushed by name arrives whole: `stylepipe compare` finds all its files."""

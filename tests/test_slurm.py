@@ -27,7 +27,8 @@ import yaml
 from conftest import REPO, tiny_params_dict
 from slurm_cluster import cancel_jobs_of, job_record, require_cluster, run_limited
 
-pytestmark = pytest.mark.slurm
+# a pipeline on a real cluster takes minutes: CI runs it with the other slow tests
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 WORKFLOW_FILES = ("Snakefile", "workflow", "report", "profiles")

@@ -186,6 +186,7 @@ def test_outputs(uninterrupted):
     assert float(val_rows[-1]["total_loss"]) == pytest.approx(summary["val_losses"]["total_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_cpu_threads_are_the_jobs_whoever_runs_it(setup):
     """Snakemake sets OMP_NUM_THREADS to the job's threads (resources.train.cpus_per_task); run
     without it (dvc repro, by hand) the training takes that count itself, not every core."""
@@ -211,7 +212,8 @@ def test_same_seed_same_weights(setup, uninterrupted):
     assert_identical(uninterrupted / "waves.pth", setup / "b" / "waves.pth")
 
 
-@pytest.mark.parametrize("steps", [3, MAX_STEPS])  # mid-epoch, and at the end of the second epoch
+# mid-epoch, and at the end of the second epoch
+@pytest.mark.parametrize("steps", [pytest.param(3, marks=pytest.mark.slow), MAX_STEPS])
 def test_a_finished_run_started_again_rewrites_the_same_bytes(setup, steps):
     # it trains no further and writes its outputs again, checkpoint included, although its
     # strings now come from the checkpoint it resumed from (pickle shows which are one object)
@@ -244,6 +246,7 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
         f"resuming from {setup / 'c' / 'scratch' / 'preempted.ckpt'}", f"finished at step {MAX_STEPS}"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_checkpoints_like_sigterm_and_resumes(setup, uninterrupted):
     """^C reaches every process of the terminal's group, data loader workers included: the step still
     finishes, is checkpointed, and the rerun ends with the uninterrupted run's weights."""
@@ -265,6 +268,7 @@ def test_ctrl_c_in_a_terminal_checkpoints_like_sigterm_and_resumes(setup, uninte
     assert_identical(uninterrupted / "waves.pth", setup / "ctrl-c" / "waves.pth")
 
 
+@pytest.mark.slow
 def test_killed_right_after_a_validating_steps_checkpoint_resumes_with_that_validation(setup, uninterrupted):
     # checkpoints every 3 steps, as it validates (an operational value: the same run as the uninterrupted
     # one); SIGKILL leaves nothing to act on, so the run resumes from step 3's periodic checkpoint, which
@@ -486,6 +490,7 @@ def test_lr_schedule_and_validation_count_whole_accumulated_steps(setup):
     assert [s for s, _ in logged["val/total_loss"]] == [s for s, _ in logged["val/stylized"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_the_curves_end_with_the_last_step(setup):
     # every 2 steps and the last: the summary's train losses are those of step 3, not step 2
     cmd = variant(setup, "odd", max_steps=3, log_every_n_steps=2, val_check_interval=2, checkpoint_every_n_steps=1)
@@ -532,6 +537,7 @@ def test_a_row_of_the_curves_is_the_mean_of_its_accumulated_batches(setup):
             assert row[name] == pytest.approx(np.mean([b[name] for b in batches.losses[start:start + 3]]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs(setup):
     # accumulate 2: a signal mid-accumulation is acted on after the optimizer step, so the
     # checkpoint never lacks summed gradients; max_steps 6 runs 3 epochs although epochs is 1
@@ -563,6 +569,7 @@ def test_preemption_waits_for_the_accumulated_step_and_max_steps_outlasts_epochs
     assert_identical(full / "waves.pth", setup / "acc-cut" / "waves.pth")
 
 
+@pytest.mark.slow
 def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
     values = dict(max_steps=40, val_check_interval=1, early_stopping_patience=2, lr=0.5, checkpoint_every_n_steps=1)
     cmd = variant(setup, "early", **values)
@@ -589,6 +596,7 @@ def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(setup):
     assert_identical(setup / "early" / "waves.pth", setup / "early-cut" / "waves.pth")
 
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing_names_the_file_and_how_to_go_on(setup):
     """torch.save reports the failed write as "unexpected pos ...": the user gets the file, the reason, what to do."""
     run = "full"
@@ -609,6 +617,7 @@ def test_full_disk_while_checkpointing_names_the_file_and_how_to_go_on(setup):
     assert (setup / run / "waves.pth").is_file()
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):
     first = variant(setup, "g", max_steps=2)
     train(setup, "g", first)
