@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import shutil
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
 
 from stylepipe.cli import main as cli
+from stylepipe.data.download import cache_path
 from stylepipe.data.resize import resize_folder
 
 from conftest import tiny_params_dict
@@ -163,6 +168,44 @@ def test_content_zip_tar_url_and_folder_sources(tmp_path):
     assert _fetch("content", "--params", str(folder_params), "--output", str(tmp_path / "c4.zip")) == 0
     assert (tmp_path / "c4.zip").read_bytes() == (tmp_path / "c2.zip").read_bytes()
     assert (tmp_path / "c4.zip").read_bytes() == (tmp_path / "c3.zip").read_bytes()  # same files, same zip
+
+
+def test_content_zip_in_a_cache_on_another_file_system_is_copied_only_where_it_fits(tmp_path, capsys):
+    """No hard link across file systems: the archive is copied, and a copy the disk cannot hold is refused
+    at once (COCO's is 13 GB), naming both sizes and how to get a link instead."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm, a file system other than the temporary folder's")
+    cache = Path(tempfile.mkdtemp(dir=shm, prefix="stylepipe-test-"))
+    try:
+        jpeg, photos = io.BytesIO(), io.BytesIO()
+        Image.new("RGB", (20, 20), (200, 0, 0)).save(jpeg, "JPEG")
+        with zipfile.ZipFile(photos, "w") as zf:
+            zf.writestr("train2014/0.jpg", jpeg.getvalue())
+        small = "file:///nowhere/small.zip"  # never read: the file already in the cache is reused
+        cache_path(small, cache).parent.mkdir(parents=True)
+        cache_path(small, cache).write_bytes(photos.getvalue())
+        params = _params(tmp_path, content={"url": small})
+        assert _fetch("content", "--params", str(params), "--output", str(tmp_path / "small.zip"),
+                      "--downloads", str(cache)) == 0
+        assert (tmp_path / "small.zip").read_bytes() == photos.getvalue()
+        assert (tmp_path / "small.zip").stat().st_nlink == 1  # a copy
+
+        # a zip behind a 1 TB hole: it takes no room where it is, and no disk here has room for its copy
+        huge = "file:///nowhere/huge.zip"
+        with open(cache_path(huge, cache), "wb") as f:
+            f.truncate(1 << 40)
+            f.seek(1 << 40)
+            f.write(photos.getvalue())
+        params = _params(tmp_path, content={"url": huge})
+        assert _fetch("content", "--params", str(params), "--output", str(tmp_path / "huge.zip"),
+                      "--downloads", str(cache)) == 2
+        err = capsys.readouterr().err
+        assert f"{cache_path(huge, cache)} is on another file system than {tmp_path}" in err, err
+        assert "needs 1,099.5 GB" in err and "$STYLEPIPE_DOWNLOADS" in err, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "small.zip"]  # nothing half-written
+    finally:
+        shutil.rmtree(cache)
 
 
 def test_content_without_a_single_image_is_refused(tmp_path, capsys):

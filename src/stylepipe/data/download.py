@@ -204,11 +204,11 @@ def _check_room(url: str, part: Path, remaining: int) -> None:
         if part.resolve().is_relative_to(download_cache().resolve()):
             elsewhere = f", or set ${DOWNLOAD_CACHE_VARIABLE} to a folder on a disk with room"
         raise DownloadError(
-            f"{url}: {_gigabytes(remaining)} still to download into {part}, but only {_gigabytes(free)} are free "
+            f"{url}: {gigabytes(remaining)} still to download into {part}, but only {gigabytes(free)} are free "
             f"on that disk: free space there{elsewhere}, then run again")
 
 
-def _gigabytes(n: int) -> str:
+def gigabytes(n: int) -> str:
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 

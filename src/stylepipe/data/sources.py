@@ -31,7 +31,8 @@ from typing import Iterable, Iterator, Mapping
 from PIL import Image
 
 from stylepipe.config import load_params, style_source
-from stylepipe.data.download import DOWNLOAD_CACHE, DOWNLOAD_CACHE_VARIABLE, DownloadError, cache_path, download
+from stylepipe.data.download import (DOWNLOAD_CACHE, DOWNLOAD_CACHE_VARIABLE, DownloadError, cache_path, download,
+                                     gigabytes)
 from stylepipe.data.images import ImageError, load_rgb
 from stylepipe.data.shards import OutputNotOurs, atomic_directory
 from stylepipe.io import atomic_path
@@ -177,8 +178,18 @@ CHUNK = 1 << 20
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)  # same file system: no second copy of 13 GB
+        return
     except OSError:
-        shutil.copyfile(src, dst)
+        pass
+    # another file system (or no hard links there): a copy, refused at once if it cannot fit
+    size, free = src.stat().st_size, shutil.disk_usage(dst.parent).free
+    if size > free:
+        raise SourceError(
+            f"{src} is on another file system than {dst.parent}, so it would be copied there, not linked: the copy "
+            f"needs {gigabytes(size)} and only {gigabytes(free)} are free. Free space there, or keep the download "
+            f"cache (${DOWNLOAD_CACHE_VARIABLE}, or --downloads) on the same file system as the workspace: then "
+            f"the archive is linked and takes no space twice")
+    shutil.copyfile(src, dst)
 
 
 def _member_info(name: str, size: int) -> zipfile.ZipInfo:
