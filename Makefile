@@ -6,12 +6,13 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-slow test-all bench
+.PHONY: setup demo test test-slow test-all bench lock
 
-$(STAMP): pyproject.toml
+# constraints.txt holds every package at its exact version: the environment reproduces too
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(STAMP)
@@ -37,3 +38,14 @@ test-all: setup
 
 bench: setup
 	for b in benchmarks/*.py; do python $$b || exit 1; done
+
+# Rewrite constraints.txt from a fresh install of pyproject.toml's pins (after changing one):
+# a throwaway venv, so nothing installed by hand in .venv ends up in the file.
+lock:
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)-lock/bin/python -m pip install --quiet -e '.[test]'
+	{ grep '^#' constraints.txt; $(VENV)-lock/bin/python -m pip freeze --all --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(VENV)-lock
