@@ -162,6 +162,13 @@ def test_outputs(uninterrupted):
     assert summary["wall_time_s"] > 0 and summary["images_per_s"] > 0
     assert set(summary["train_losses"]) == {"content_loss", "style_loss", "tv_loss", "total_loss"}
     assert set(summary["val_losses"]) == {"content_loss", "style_loss", "tv_loss", "total_loss"}
+    # the software that computed the weights, as this process sees it (a CPU run: no cuDNN)
+    import pytorch_lightning
+    import torchvision
+
+    assert summary["software"]["torch"] == torch.__version__ and summary["software"]["cudnn"] is None
+    assert summary["software"]["torchvision"] == torchvision.__version__
+    assert summary["software"]["pytorch_lightning"] == pytorch_lightning.__version__
 
     with (out / "curves.csv").open() as fh:
         rows = list(csv.DictReader(fh))

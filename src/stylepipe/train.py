@@ -486,4 +486,24 @@ def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
         if world > 1 else None,
         "train_losses": {k: last[k] for k in LOSS_NAMES if k in last},
         "val_losses": dict(sorted(curves.val.items())),
+        "software": software_versions(),
+    }
+
+
+def software_versions() -> dict:
+    """The versions that computed the weights: bit-for-bit reruns need the same ones (constraints.txt pins them)."""
+    import platform
+
+    import pytorch_lightning as pl
+    import torchvision
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pytorch_lightning": pl.__version__,
+        # the toolkit torch was built with; cuDNN's version only where a GPU runs it
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
     }
