@@ -286,6 +286,32 @@ def test_default_compares_head_with_workspace_and_experiments_by_name(history, t
     assert "0.1235" in page and "tweaked-ssim (" in page
 
 
+def test_packages_that_differ_are_listed(history, report_ab, tmp_path):
+    """constraints.txt pins the environment: the page lists the packages whose versions differ between
+    revisions (other software can move the numbers too) and names the revisions without the file."""
+    assert 'id="packages"' not in report_ab["html"]  # neither A nor B records its packages: no section
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(history["repo"]), str(clone), cwd=tmp_path)
+    shas = {}
+    for tag, pins in (("C", "torch==2.14.1\nnumpy==2.4.6\nruamel.yaml==0.18.0\n"),
+                      ("D", "torch==2.14.1\nnumpy==2.5.0  # a comment\nRuamel_YAML==0.18.0\npandas==3.1.1\n")):
+        (clone / "constraints.txt").write_text("# the whole environment\n" + pins)
+        run("git", "add", "constraints.txt", cwd=clone)
+        run("git", "commit", "-q", "-m", f"pins {tag}", cwd=clone)
+        shas[tag] = run("git", "rev-parse", "HEAD", cwd=clone).strip()
+    out = tmp_path / "report.html"
+    run("stylepipe", "compare", history["B"], shas["C"], shas["D"], "--repo", str(clone), "--output", str(out),
+        cwd=tmp_path)
+    page = html.unescape(out.read_text())
+    section = page.split('<h2 id="packages">Packages that differ</h2>')[1].split("<h2")[0]
+    assert f"No constraints.txt in {_short(history['B'])}:" in section
+    rows = dict(re.findall(r"<tr><td><code>([^<]+)</code></td>(.*?)</tr>", section))
+    assert sorted(rows) == ["numpy", "pandas"]  # torch, and ruamel.yaml however spelt, are the same
+    assert re.findall(r"<code>([^<]+)</code>", rows["numpy"]) == ["not recorded", "2.4.6", "2.5.0"]
+    assert re.findall(r"<code>([^<]+)</code>", rows["pandas"]) == ["not recorded", "—", "3.1.1"]
+    assert "constraints.txt</code>" not in page  # its absence in B is no missing artifact
+
+
 def test_unknown_revision_is_a_clear_error(history, tmp_path):
     result = subprocess.run(["stylepipe", "compare", "no-such-rev", "--repo", str(history["repo"]),
                              "--output", str(tmp_path / "r.html")], env=ENV, capture_output=True, text=True)

@@ -1,8 +1,8 @@
 """Compare git revisions: params, metrics, training curves and stylized images.
 
 `dvc metrics diff` prints numbers; style transfer has to be looked at. For each
-revision this reads what the pipeline recorded (params.yaml, results/metrics.json
-and each style's throughput in results/speed/, each style's curves.csv and
+revision this reads what the pipeline recorded (params.yaml, the package versions
+in constraints.txt, results/metrics.json and each style's throughput in results/speed/, each style's curves.csv and
 val_curves.csv, the evaluation images and their stylizations) from git and the
 DVC cache or remote through `dvc.api.DVCFileSystem`; the special revision
 ``workspace`` means the files on disk. It writes one self-contained HTML page

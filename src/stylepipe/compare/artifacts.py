@@ -1,8 +1,9 @@
 """What the pipeline recorded at a revision, read into its ``Revision``.
 
-params.yaml, the metrics (results/metrics.json, or each style's file) with each
-style's throughput (results/speed/), each style's curves.csv and val_curves.csv,
-and the evaluation images with their stylizations. A file that is there but is
+params.yaml, the package versions (constraints.txt), the metrics
+(results/metrics.json, or each style's file) with each style's throughput
+(results/speed/), each style's curves.csv and val_curves.csv, and the
+evaluation images with their stylizations. A file that is there but is
 not what it should be (a metrics file that is not a mapping, an image that does
 not decode) is recorded as missing with the reason, not fatal.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from stylepipe.config import parse_yaml
 
 # Pipeline layout (see the README's outputs table).
 PARAMS = "params.yaml"
+CONSTRAINTS = "constraints.txt"  # every package at its exact version (`make setup` installs them)
 METRICS = "results/metrics.json"
 STYLE_METRICS = "results/metrics/{style}.json"
 STYLE_SPEED = "results/speed/{style}.json"  # throughput, apart from the metrics: it varies from run to run
@@ -45,6 +48,7 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
         params = source.parse(PARAMS, parse_yaml)  # numbers as DVC reads them, like every command
         rev.params = params if isinstance(params, dict) else {}
         styles = list(rev.params.get("styles") or {}) if isinstance(rev.params.get("styles"), dict) else []
+        _read_packages(source, rev)
         _read_metrics(source, rev, styles)
         styles += [s for s in rev.metrics if s not in styles]
         _read_speed(source, rev, styles)
@@ -56,6 +60,24 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
     finally:
         source.close()
     return rev
+
+
+def _read_packages(source: Source, rev: Revision) -> None:
+    """The versions constraints.txt pins, where the revision has one."""
+    before = len(rev.missing)
+    rev.packages = source.parse(CONSTRAINTS, parse_constraints)
+    # absent in revisions from before the environment was pinned: nothing is missing there
+    rev.missing[before:] = [m for m in rev.missing[before:] if m.reason != "absent"]
+
+
+def parse_constraints(raw: bytes) -> dict[str, str]:
+    """``{package: version}`` from pip's ``name==version`` lines, names as pip compares them."""
+    pins = {}
+    for line in raw.decode().splitlines():
+        name, sep, version = line.split("#", 1)[0].partition("==")
+        if sep and name.strip():
+            pins[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
+    return pins
 
 
 def _read_metrics(source: Source, rev: Revision, styles: list[str]) -> None:

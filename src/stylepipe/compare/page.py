@@ -21,7 +21,7 @@ from stylepipe.compare.images import IMAGE_WIDTH, image_mime
 from stylepipe.compare.revisions import Missing, Revision
 from stylepipe.compare.source import fetch_hint
 from stylepipe.compare.tables import (all_images, all_styles, direction, format_metric, metric_kind, metrics_table,
-                                      params_diff)
+                                      packages_diff, params_diff)
 from stylepipe.compare.weights import loss_notes
 
 CURVE_COLUMNS = ("total_loss", "content_loss", "style_loss", "tv_loss")
@@ -135,6 +135,7 @@ def render_html(revs: list[Revision]) -> str:
            "Deltas are against the first revision.</p>"]
     out += _revisions_section(revs, colours)
     out += _params_section(revs, colours)
+    out += _packages_section(revs, colours)
     out += _metrics_section(revs, colours)
     out += _curves_section(revs, colours)
     out += _images_section(revs, colours)
@@ -165,8 +166,32 @@ def _params_section(revs: list[Revision], colours: dict[str, str]) -> list[str]:
     if diff.empty:
         out.append("<p>All revisions use the same params.</p>")
         return out
-    out.append("<table><tr><th>key</th>"
-               + "".join(f"<th>{_rev_head(r, colours[r.label])}</th>" for r in revs) + "</tr>")
+    return out + _diff_table(diff, "key", revs, colours)
+
+
+def _packages_section(revs: list[Revision], colours: dict[str, str]) -> list[str]:
+    """The packages whose pinned versions (constraints.txt) differ: other software can move the numbers too."""
+    recorded = [rev for rev in revs if rev.packages is not None]
+    if not recorded:
+        return []  # every revision predates constraints.txt: nothing to say
+    out = ['<h2 id="packages">Packages that differ</h2>']
+    unrecorded = [rev.label for rev in revs if rev.packages is None]
+    if unrecorded:
+        out.append(f'<p class="muted">No constraints.txt in {html.escape(", ".join(unrecorded))}: '
+                   f"{'its' if len(unrecorded) == 1 else 'their'} package versions are not recorded.</p>")
+    diff = packages_diff(revs)
+    if diff.empty:
+        if len(recorded) > 1:
+            out.append("<p>" + ("All revisions" if not unrecorded else "The revisions with a constraints.txt")
+                       + " pin the same package versions.</p>")
+        return out
+    return out + _diff_table(diff, "package", revs, colours)
+
+
+def _diff_table(diff: pd.DataFrame, what: str, revs: list[Revision], colours: dict[str, str]) -> list[str]:
+    """A row per differing key, a column per revision."""
+    out = [f"<table><tr><th>{what}</th>"
+           + "".join(f"<th>{_rev_head(r, colours[r.label])}</th>" for r in revs) + "</tr>"]
     for key, row in diff.iterrows():
         out.append(f"<tr><td><code>{html.escape(str(key))}</code></td>"
                    + "".join(f"<td><code>{html.escape(str(v))}</code></td>" for v in row) + "</tr>")

@@ -41,6 +41,7 @@ class Revision:
     subject: str
     date: str
     params: dict = field(default_factory=dict)
+    packages: dict[str, str] | None = None  # constraints.txt: {package: version}; None where not recorded
     metrics: dict = field(default_factory=dict)
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)
     val_curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # validation losses, where recorded

@@ -1,6 +1,6 @@
-"""The page's tables as data: params that differ, metrics with their deltas, and how to write them.
+"""The page's tables as data: params and packages that differ, metrics with their deltas, and how to write them.
 
-``params_diff`` and ``metrics_table`` are DataFrames with a column per revision;
+``params_diff``, ``packages_diff`` and ``metrics_table`` are DataFrames with a column per revision;
 ``format_metric``, ``metric_kind`` and ``direction`` say how a metric is written
 and which way is better.
 """
@@ -42,6 +42,19 @@ def params_diff(revs: list[Revision]) -> pd.DataFrame:
         values = [f.get(key) for f in flat]
         if len(set(values)) > 1:
             rows[key] = ["—" if v is None else v for v in values]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[r.label for r in revs])
+
+
+def packages_diff(revs: list[Revision]) -> pd.DataFrame:
+    """Rows: packages whose versions differ between the revisions that pin them; columns: revisions.
+
+    A package a revision does not pin is `—`; a revision without constraints.txt
+    is `not recorded` throughout and does not make a row differ."""
+    pinned = [rev.packages for rev in revs if rev.packages is not None]
+    rows = {}
+    for name in sorted(set().union(*pinned)) if pinned else []:
+        if len({pins.get(name) for pins in pinned}) > 1:
+            rows[name] = ["not recorded" if rev.packages is None else rev.packages.get(name, "—") for rev in revs]
     return pd.DataFrame.from_dict(rows, orient="index", columns=[r.label for r in revs])
 
 
