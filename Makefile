@@ -10,6 +10,9 @@ export PATH := $(BIN):$(PATH)
 
 # constraints.txt holds every package at its exact version: the environment reproduces too
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
+	    f"stylepipe needs Python 3.11 (constraints.txt pins its packages for it), but $(PYTHON) is {sys.version.split()[0]}: " \
+	    "install Python 3.11 and run make with PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
