@@ -8,11 +8,14 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: setup demo test test-slow test-all bench lock
 
+# constraints.txt pins every package for Python 3.11: another version is refused before the venv is made
+CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
+    f"stylepipe needs Python 3.11 (constraints.txt pins its packages for it), but $(PYTHON) is {sys.version.split()[0]}: " \
+    "install Python 3.11 and run make with PYTHON=python3.11")'
+
 # constraints.txt holds every package at its exact version: the environment reproduces too
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
-	    f"stylepipe needs Python 3.11 (constraints.txt pins its packages for it), but $(PYTHON) is {sys.version.split()[0]}: " \
-	    "install Python 3.11 and run make with PYTHON=python3.11")'
+	$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
@@ -45,6 +48,7 @@ bench: setup
 # Rewrite constraints.txt from a fresh install of pyproject.toml's pins (after changing one):
 # a throwaway venv, so nothing installed by hand in .venv ends up in the file.
 lock:
+	$(CHECK_PYTHON)
 	rm -rf $(VENV)-lock
 	$(PYTHON) -m venv $(VENV)-lock
 	$(VENV)-lock/bin/python -m pip install --quiet --upgrade pip
