@@ -169,10 +169,13 @@ def test_onnx_export_matches_pytorch_with_onnxruntime(tmp_path):
     export_onnx(net, path)  # verifies itself; check again here at other sizes and batch sizes
     assert check_onnx(net, path, size=(36, 60)) < 0.05
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.rand(3, 3, 24, 16) * 255
-    got = session.run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(got), net(x), atol=0.05, rtol=1e-4)
+    # any size, as TransformerNet.forward: multiples of 4, odd sizes (reflected), sizes under 8 px and
+    # too small to reflect on one side (then both sides replicate, as forward() does)
+    for size in [(24, 16), (51, 77), (61, 30), (5, 9), (7, 3), (3, 7), (1, 1), (2, 200)]:
+        x = torch.rand(3, 3, *size) * 255
+        got = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), net(x), atol=0.05, rtol=1e-4, msg=f"{size}")
 
 
 def test_onnx_graph_keeps_instance_normalization(tmp_path):

@@ -136,7 +136,8 @@ def _onnx_runner(model: bytes | str, device: torch.device) -> Runner:
         device = torch.device("cpu")
 
     def run_batch(x: torch.Tensor) -> torch.Tensor:
-        # the ONNX graph is TransformerNet.body: pad to a multiple of 4 and crop back, as forward() does
+        # an export pads and crops itself, but files exported before it did hold TransformerNet.body
+        # alone: pad to a multiple of 4 and crop back here, as forward() does (a no-op for the new)
         h, w = x.shape[-2:]
         pad_h, pad_w = max(-h % 4, 8 - h), max(-w % 4, 8 - w)
         if pad_h or pad_w:
