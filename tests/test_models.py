@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from skimage.data import astronaut
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
@@ -176,6 +181,31 @@ def test_onnx_export_matches_pytorch_with_onnxruntime(tmp_path):
         got = session.run(None, {"input": x.numpy()})[0]
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(got), net(x), atol=0.05, rtol=1e-4, msg=f"{size}")
+
+
+def test_onnx_example_in_the_docs_stylizes_as_stylepipe_does(tmp_path, monkeypatch):
+    """docs/training.md shows the .onnx file used with onnxruntime alone: that block, run as it is,
+    gives the picture `stylepipe stylize` gives with the same model, at the photograph's odd size."""
+    import re
+
+    from stylepipe.stylize import stylize_files
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", docs.split("needs nothing of stylepipe")[1], re.S)[:1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results/models").mkdir(parents=True)
+    net = _seeded_net(5)
+    with torch.no_grad():  # an output spread over 0-255 like a trained network's, so pixels can differ
+        net.deconv3.conv2d.weight.mul_(40)
+        net.deconv3.conv2d.bias.add_(128)
+    export_onnx(net, tmp_path / "results/models/candy.onnx")
+    Image.fromarray(astronaut()[::4, ::4][:101, :75]).save(tmp_path / "photo.jpg", quality=95)
+    exec(compile(block, "docs/training.md", "exec"), {})
+    ours = stylize_files(tmp_path / "results/models/candy.onnx", [tmp_path / "photo.jpg"], tmp_path / "out",
+                         device="cpu", progress=False)
+    theirs = np.asarray(Image.open(tmp_path / "photo-candy.png"))
+    assert theirs.shape == (101, 75, 3) and theirs.std() > 5
+    assert np.abs(theirs.astype(int) - np.asarray(Image.open(ours[0])).astype(int)).max() <= 1
 
 
 def test_onnx_graph_keeps_instance_normalization(tmp_path):
