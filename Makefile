@@ -46,7 +46,8 @@ bench: setup
 	for b in benchmarks/*.py; do python $$b || exit 1; done
 
 # Rewrite constraints.txt from a fresh install of pyproject.toml's pins (after changing one):
-# a throwaway venv, so nothing installed by hand in .venv ends up in the file.
+# a throwaway venv, so nothing installed by hand in .venv ends up in the file. Run it on Linux
+# x86-64, where torch needs the most packages (its CUDA libraries); elsewhere pip skips those.
 lock:
 	$(CHECK_PYTHON)
 	rm -rf $(VENV)-lock
