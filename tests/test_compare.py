@@ -146,6 +146,22 @@ def test_report_names_revisions_and_shows_metrics(history, report_ab):
     assert "missing" not in page.split("<body>")[1].lower().replace("cellmissing", "")
 
 
+def test_report_says_how_each_style_was_trained(history, report_ab):
+    """From each training's summary.json (in the DVC cache): device, precision, steps and torch, per
+    style and revision; the same run settings in A and B, so nothing is marked as differing."""
+    import torch
+
+    page = html.unescape(report_ab["html"])
+    section = page.split('<h2 id="training">How each style was trained</h2>')[1].split("<h2")[0]
+    steps = tiny_params_dict()["train"]["max_steps"]
+    for style in STYLES:
+        row = re.search(rf"<tr><td>{re.escape(style)}</td>(.*?)</tr>", section)
+        assert row, style
+        cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+        assert cells == [f"cpu · 32-true · {steps:,} steps · torch {torch.__version__}"] * 2, cells
+    assert "<strong>" not in section
+
+
 def test_report_embeds_every_image_and_nothing_external(report_ab):
     page = report_ab["html"]
     assert _embedded(page) == EMBEDDED
@@ -177,8 +193,10 @@ def test_missing_artifacts_render_with_fetch_hint(history, tmp_path):
     what is missing and how to fetch it; once the remote is reachable, that command works."""
     origin, clone, target = history["repo"], tmp_path / "clone", "results/stylized/waves"
     run("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
-    present = (_cache_objects(origin, history["A"], "data/eval", "results/stylized/mosaic")
-               | _cache_objects(origin, history["B"], "data/eval", *(f"results/stylized/{s}" for s in STYLES)))
+    summaries = [f"results/train/{s}/summary.json" for s in STYLES]
+    present = (_cache_objects(origin, history["A"], "data/eval", "results/stylized/mosaic", *summaries)
+               | _cache_objects(origin, history["B"], "data/eval", *(f"results/stylized/{s}" for s in STYLES),
+                                *summaries))
     _copy_objects(origin, clone, present)
     assert _cache_objects(origin, history["A"], target) - present, "A's waves images should differ from B's"
     run("dvc", "remote", "add", "--local", "-d", "store", str(tmp_path / "unreachable"), cwd=clone)
@@ -218,7 +236,8 @@ def _compare_clone_with_metrics(history, tmp_path, metrics_text: str) -> str:
 
 def test_fresh_clone_workspace_says_pull_and_names_a_broken_file(history, tmp_path):
     page = _compare_clone_with_metrics(history, tmp_path, "{not json")
-    outputs = " ".join(sorted(["data/eval", *(f"results/stylized/{s}" for s in STYLES)]))
+    outputs = " ".join(sorted(["data/eval", *(f"results/stylized/{s}" for s in STYLES),
+                               *(f"results/train/{s}/summary.json" for s in STYLES)]))
     assert f"dvc pull {outputs}" in page  # the workspace
     assert f"<pre>dvc fetch {outputs}</pre>" in page  # HEAD, which is checked out: no `git checkout` needed
     assert "results/metrics.json</code>: cannot be parsed (JSONDecodeError" in page
@@ -544,6 +563,26 @@ def test_report_renders_in_headless_chromium(history, report_ab, tmp_path):
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def test_training_that_differs_is_marked():
+    from stylepipe.compare.page import _training_section
+    from stylepipe.compare.revisions import Revision
+
+    gpu = {"device": "cuda:0 (NVIDIA H100 80GB HBM3)", "precision": "bf16-mixed", "processes": 2, "steps": 41396,
+           "software": {"torch": "2.14.1"}}
+    cpu = {"device": "cpu", "precision": "32-true", "processes": 1, "steps": 41396}
+    revs = [Revision(name, None, name, "", "", summaries=summaries, styles=["candy", "udnie"], label=name)
+            for name, summaries in (("a", {"candy": cpu, "udnie": cpu}), ("b", {"candy": gpu, "udnie": cpu}),
+                                    ("c", {"candy": cpu}))]
+    rows = re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", "".join(_training_section(revs, dict.fromkeys("abc", "#000"))))
+    assert dict(rows) == {
+        "candy": "<td>cpu · 32-true · 41,396 steps</td>"
+                 "<td><strong>cuda:0 (NVIDIA H100 80GB HBM3) · bf16-mixed · 2 processes · 41,396 steps · "
+                 "torch 2.14.1</strong></td><td>cpu · 32-true · 41,396 steps</td>",
+        "udnie": "<td>cpu · 32-true · 41,396 steps</td><td>cpu · 32-true · 41,396 steps</td>"
+                 "<td><strong>—</strong></td>"}
+    assert _training_section([Revision("a", None, "a", "", "", styles=["candy"], label="a")], {"a": "#000"}) == []
 
 
 def test_default_revisions_and_params_flattening():

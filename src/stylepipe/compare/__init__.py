@@ -2,7 +2,8 @@
 
 `dvc metrics diff` prints numbers; style transfer has to be looked at. For each
 revision this reads what the pipeline recorded (params.yaml, the package versions
-in constraints.txt, results/metrics.json and each style's throughput in results/speed/, each style's curves.csv and
+in constraints.txt, results/metrics.json and each style's throughput in results/speed/,
+each style's training summary (device, precision, steps), each style's curves.csv and
 val_curves.csv, the evaluation images and their stylizations) from git and the
 DVC cache or remote through `dvc.api.DVCFileSystem`; the special revision
 ``workspace`` means the files on disk. It writes one self-contained HTML page

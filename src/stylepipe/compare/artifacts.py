@@ -2,8 +2,9 @@
 
 params.yaml, the package versions (constraints.txt), the metrics
 (results/metrics.json, or each style's file) with each style's throughput
-(results/speed/), each style's curves.csv and val_curves.csv, and the
-evaluation images with their stylizations. A file that is there but is
+(results/speed/), each style's curves.csv and val_curves.csv and training
+summary (device, precision, steps, software), and the evaluation images with
+their stylizations. A file that is there but is
 not what it should be (a metrics file that is not a mapping, an image that does
 not decode) is recorded as missing with the reason, not fatal.
 """
@@ -34,6 +35,7 @@ STYLE_METRICS = "results/metrics/{style}.json"
 STYLE_SPEED = "results/speed/{style}.json"  # throughput, apart from the metrics: it varies from run to run
 CURVES = "results/train/{style}/curves.csv"
 VAL_CURVES = "results/train/{style}/val_curves.csv"
+SUMMARY = "results/train/{style}/summary.json"  # how the style was trained (in the DVC cache)
 EVAL_DIR = "data/eval"
 EVAL_IMAGE = "data/eval/{image}.png"
 STYLIZED = "results/stylized/{style}/{image}.png"
@@ -55,6 +57,7 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
         derive_unweighted(rev)
         images = _eval_images(source, rev)
         _read_curves(source, rev, styles)
+        _read_summaries(source, rev, styles)
         _read_images(source, rev, styles, images, max_image_size, image_format, image_quality)
         rev.styles, rev.image_names = styles, images
     finally:
@@ -133,6 +136,18 @@ def _read_curves(source: Source, rev: Revision, styles: list[str]) -> None:
         rev.missing[before:] = [m for m in rev.missing[before:] if m.reason != "absent"]
         if val_curves is not None:
             rev.val_curves[style] = val_curves
+
+
+def _read_summaries(source: Source, rev: Revision, styles: list[str]) -> None:
+    """Each style's training summary: on what, in which precision, how long, with which software."""
+    for style in styles:
+        path = SUMMARY.format(style=style)
+        summary = source.parse(path, json.loads)
+        if summary is not None and not isinstance(summary, dict):
+            rev.missing.append(Missing(path, None, f"not a training summary: a JSON {_json_type(summary)}",
+                                       "unparsable"))
+        elif summary is not None:
+            rev.summaries[style] = summary
 
 
 def _read_images(source: Source, rev: Revision, styles: list[str], images: list[str],

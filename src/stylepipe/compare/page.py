@@ -21,7 +21,7 @@ from stylepipe.compare.images import IMAGE_WIDTH, image_mime
 from stylepipe.compare.revisions import Missing, Revision
 from stylepipe.compare.source import fetch_hint
 from stylepipe.compare.tables import (all_images, all_styles, direction, format_metric, metric_kind, metrics_table,
-                                      packages_diff, params_diff)
+                                      packages_diff, params_diff, training_text)
 from stylepipe.compare.weights import loss_notes
 
 CURVE_COLUMNS = ("total_loss", "content_loss", "style_loss", "tv_loss")
@@ -137,6 +137,7 @@ def render_html(revs: list[Revision]) -> str:
     out += _params_section(revs, colours)
     out += _packages_section(revs, colours)
     out += _metrics_section(revs, colours)
+    out += _training_section(revs, colours)
     out += _curves_section(revs, colours)
     out += _images_section(revs, colours)
     out.append("</body></html>\n")
@@ -186,6 +187,24 @@ def _packages_section(revs: list[Revision], colours: dict[str, str]) -> list[str
                        + " pin the same package versions.</p>")
         return out
     return out + _diff_table(diff, "package", revs, colours)
+
+
+def _training_section(revs: list[Revision], colours: dict[str, str]) -> list[str]:
+    """Per style, what each revision trained it on: throughput compares only on the same device."""
+    styles = [style for style in all_styles(revs) if any(style in rev.summaries for rev in revs)]
+    if not styles:
+        return []
+    out = ['<h2 id="training">How each style was trained</h2>',
+           '<p class="muted">From each training\'s <code>summary.json</code>; a cell that differs from the first '
+           "revision's is in bold.</p>",
+           "<table><tr><th>style</th>" + "".join(f"<th>{_rev_head(r, colours[r.label])}</th>" for r in revs) + "</tr>"]
+    for style in styles:
+        texts = [training_text(rev.summaries.get(style)) for rev in revs]
+        cells = "".join(f"<td>{'<strong>' if i and text != texts[0] else ''}{html.escape(text)}"
+                        f"{'</strong>' if i and text != texts[0] else ''}</td>" for i, text in enumerate(texts))
+        out.append(f"<tr><td>{html.escape(style)}</td>{cells}</tr>")
+    out.append("</table>")
+    return out
 
 
 def _diff_table(diff: pd.DataFrame, what: str, revs: list[Revision], colours: dict[str, str]) -> list[str]:

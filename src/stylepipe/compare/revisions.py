@@ -45,6 +45,7 @@ class Revision:
     metrics: dict = field(default_factory=dict)
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)
     val_curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # validation losses, where recorded
+    summaries: dict[str, dict] = field(default_factory=dict)  # style -> its training's summary.json
     images: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (style, image) -> encoded image
     content: dict[str, bytes] = field(default_factory=dict)             # image -> encoded image
     missing: list[Missing] = field(default_factory=list)

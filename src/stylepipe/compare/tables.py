@@ -58,6 +58,21 @@ def packages_diff(revs: list[Revision]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=[r.label for r in revs])
 
 
+def training_text(summary: dict | None) -> str:
+    """One style's training in a line: device, precision, processes, steps and torch, as recorded."""
+    if summary is None:
+        return "—"
+    parts = [str(summary.get("device", "?")), str(summary.get("precision", "?"))]
+    if (summary.get("processes") or 1) > 1:
+        parts.append(f"{summary['processes']} processes")
+    if isinstance(summary.get("steps"), int):
+        parts.append(f"{summary['steps']:,} steps")
+    torch_version = (summary.get("software") or {}).get("torch")
+    if torch_version:
+        parts.append(f"torch {torch_version}")
+    return " · ".join(parts)
+
+
 def param_text(value: Any) -> str:
     """A params value as the page writes it."""
     if isinstance(value, float):
