@@ -50,7 +50,8 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
         params = source.parse(PARAMS, parse_yaml)  # numbers as DVC reads them, like every command
         rev.params = params if isinstance(params, dict) else {}
         styles = list(rev.params.get("styles") or {}) if isinstance(rev.params.get("styles"), dict) else []
-        _read_packages(source, rev)
+        # absent in revisions from before the environment was pinned: nothing is missing there
+        rev.packages = _parse_if_there(source, rev, CONSTRAINTS, parse_constraints)
         _read_metrics(source, rev, styles)
         styles += [s for s in rev.metrics if s not in styles]
         _read_speed(source, rev, styles)
@@ -65,12 +66,12 @@ def read_revision(repo: Path, rev: Revision, max_image_size: int = DEFAULT_IMAGE
     return rev
 
 
-def _read_packages(source: Source, rev: Revision) -> None:
-    """The versions constraints.txt pins, where the revision has one."""
+def _parse_if_there(source: Source, rev: Revision, path: str, parser):
+    """``source.parse`` for a file that older revisions lack: its absence is not a missing artifact."""
     before = len(rev.missing)
-    rev.packages = source.parse(CONSTRAINTS, parse_constraints)
-    # absent in revisions from before the environment was pinned: nothing is missing there
+    parsed = source.parse(path, parser)
     rev.missing[before:] = [m for m in rev.missing[before:] if m.reason != "absent"]
+    return parsed
 
 
 def parse_constraints(raw: bytes) -> dict[str, str]:
@@ -105,10 +106,8 @@ def _read_speed(source: Source, rev: Revision, styles: list[str]) -> None:
     """Each style's throughput (results/speed/STYLE.json) as rows of its metrics, where recorded."""
     for style in styles:
         path = STYLE_SPEED.format(style=style)
-        before = len(rev.missing)
-        speed = source.parse(path, json.loads)
         # absent in revisions that kept throughput among the metrics: nothing is missing there
-        rev.missing[before:] = [m for m in rev.missing[before:] if m.reason != "absent"]
+        speed = _parse_if_there(source, rev, path, json.loads)
         if speed is not None and not _is_metrics(speed):
             rev.missing.append(Missing(path, None, _not_metrics(speed, "{metric: value}"), "unparsable"))
         elif speed is not None:
@@ -130,10 +129,8 @@ def _read_curves(source: Source, rev: Revision, styles: list[str]) -> None:
         curves = source.parse(CURVES.format(style=style), parse_curves)
         if curves is not None:
             rev.curves[style] = curves
-        before = len(rev.missing)
-        val_curves = source.parse(VAL_CURVES.format(style=style), parse_curves)
         # absent in revisions from before validation curves were written: nothing is missing there
-        rev.missing[before:] = [m for m in rev.missing[before:] if m.reason != "absent"]
+        val_curves = _parse_if_there(source, rev, VAL_CURVES.format(style=style), parse_curves)
         if val_curves is not None:
             rev.val_curves[style] = val_curves
 

@@ -199,9 +199,9 @@ def _training_section(revs: list[Revision], colours: dict[str, str]) -> list[str
            "revision's is in bold.</p>",
            "<table><tr><th>style</th>" + "".join(f"<th>{_rev_head(r, colours[r.label])}</th>" for r in revs) + "</tr>"]
     for style in styles:
-        texts = [training_text(rev.summaries.get(style)) for rev in revs]
-        cells = "".join(f"<td>{'<strong>' if i and text != texts[0] else ''}{html.escape(text)}"
-                        f"{'</strong>' if i and text != texts[0] else ''}</td>" for i, text in enumerate(texts))
+        texts = [html.escape(training_text(rev.summaries.get(style))) for rev in revs]
+        cells = "".join(f"<td><strong>{text}</strong></td>" if text != texts[0] else f"<td>{text}</td>"
+                        for text in texts)
         out.append(f"<tr><td>{html.escape(style)}</td>{cells}</tr>")
     out.append("</table>")
     return out
