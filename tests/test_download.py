@@ -306,6 +306,49 @@ def test_extract_zip_over_http(server, tmp_path):
     assert (tmp_path / "cache" / "good.zip").is_file()  # kept for reruns
 
 
+def test_extract_replaces_its_own_folder_and_refuses_anyone_elses(server, tmp_path, capsys):
+    """Extracting replaces the folder whole: an earlier extraction may go, the user's files may not."""
+    Handler.files["good.zip"] = data = _zip({"train2014/a.jpg": b"a"})
+    requests_before = len(Handler.requests)
+    content = tmp_path / "content"
+    (content / "my_photos").mkdir(parents=True)
+    (content / "my_photos" / "holiday.jpg").write_bytes(b"mine")
+    argv = ["download", f"{server}/ok/good.zip", "--output", str(content), "--extract",
+            "--archive", str(tmp_path / "good.zip"), "--md5", hashlib.md5(data).hexdigest()]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{content}: folder already holds files that are not a previous extracted archive" in err
+    assert (content / "my_photos" / "holiday.jpg").read_bytes() == b"mine"
+    assert len(Handler.requests) == requests_before  # refused before the download
+    assert not (tmp_path / "good.zip").exists()
+
+    (content / "my_photos" / "holiday.jpg").unlink()
+    (content / "my_photos").rmdir()  # an empty folder is fine, and so is a rerun over our own output
+    assert cli(argv) == 0 and cli(argv) == 0
+    assert sorted(p.relative_to(content).as_posix() for p in content.rglob("*") if p.is_file()) == [
+        ".stylepipe-extracted", "train2014/a.jpg"]
+
+
+def test_extract_refuses_an_archive_kept_inside_the_folder_it_replaces(server, tmp_path, capsys):
+    Handler.files["good.zip"] = data = _zip({"a.jpg": b"a"})
+    rc = cli(["download", f"{server}/ok/good.zip", "--output", str(tmp_path / "data"), "--extract",
+              "--archive", str(tmp_path / "data" / "good.zip"), "--md5", hashlib.md5(data).hexdigest()])
+    assert rc == 2
+    assert "give --archive a path outside it" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_download_to_a_folder_is_refused_before_the_first_byte(server, tmp_path, capsys):
+    Handler.files["good.zip"] = data = _zip({"a.jpg": b"a"})
+    (tmp_path / "raw").mkdir()
+    requests_before = len(Handler.requests)
+    rc = cli(["download", f"{server}/ok/good.zip", "--output", str(tmp_path / "raw"), "--md5", hashlib.md5(data).hexdigest()])
+    assert rc == 2
+    assert f"{tmp_path / 'raw'}: is a folder" in capsys.readouterr().err
+    assert len(Handler.requests) == requests_before
+    assert list(tmp_path.iterdir()) == [tmp_path / "raw"]  # no .part left
+
+
 @pytest.mark.parametrize(
     "kind, data",
     [

@@ -4,6 +4,8 @@ Every member is checked before anything is written: absolute paths, ``..``
 components and links pointing outside the target are refused (a crafted
 archive must not write outside its folder). The archive is unpacked into a
 temporary folder beside the target, which is renamed onto it at the end.
+A mark file in the target tells a later run that the folder is its own to
+replace; a folder without it (the user's own files) is refused, not deleted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stylepipe.data.shards import atomic_directory
+
+
+EXTRACT_MARK = ".stylepipe-extracted"
 
 
 class ArchiveError(ValueError):
@@ -66,8 +71,22 @@ def _extract_tar(archive: Path, dest: Path, progress: bool) -> None:
             tf.extract(member, dest, **extra)
 
 
+def _target(dest: Path) -> atomic_directory:
+    return atomic_directory(dest, what="extracted archive", ours=lambda path: (path / EXTRACT_MARK).is_file())
+
+
+def check_destination(dest: str | Path) -> None:
+    """Raise :class:`~stylepipe.data.shards.OutputNotOurs` where extracting into
+    ``dest`` would replace files an extraction did not write (call it before
+    a long download)."""
+    _target(Path(dest)).check()
+
+
 def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = True) -> Path:
-    """Unpack a zip or tar(.gz/.bz2/.xz) ``archive`` into the folder ``dest``."""
+    """Unpack a zip or tar(.gz/.bz2/.xz) ``archive`` into the folder ``dest``.
+
+    ``dest`` is replaced whole; it must be absent, empty or an earlier extraction.
+    """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise ArchiveError(f"{archive}: archive not found")
@@ -78,8 +97,9 @@ def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = T
     else:
         raise ArchiveError(f"{archive}: not a zip or tar archive")
     try:
-        with atomic_directory(dest) as tmp:
+        with _target(dest) as tmp:
             extractor(archive, tmp, progress)
+            (tmp / EXTRACT_MARK).write_text(f"extracted from {archive.name} by stylepipe; replaced whole when extracted again\n")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
         raise ArchiveError(f"{archive}: damaged archive ({err}); delete it and download again") from err
     return dest

@@ -237,13 +237,19 @@ def download(
     output = Path(output)
     check = _checksum(md5, sha256)
     if extract:
-        from stylepipe.data.archive import extract_archive
+        from stylepipe.data.archive import check_destination, extract_archive
 
         archive = Path(archive) if archive else cache_path(url)
+        if archive.resolve().is_relative_to(output.resolve()):
+            raise ValueError(f"{archive}: the archive would be kept inside {output}, which extracting replaces "
+                             f"whole; give --archive a path outside it")
+        check_destination(output)  # before a download that may take hours
         download(url, archive, md5=md5, sha256=sha256, retries=retries, backoff=backoff,
                  timeout=timeout, progress=progress)
         extract_archive(archive, output, progress=progress)
         return output
+    if output.is_dir():
+        raise ValueError(f"{output}: is a folder; give the file to create (or --extract to unpack an archive into it)")
     output.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(output, url) if lock else contextlib.nullcontext():
         return _download_one(url, output, check, retries, backoff, timeout, progress)
