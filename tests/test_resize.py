@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from stylepipe.cli import main as cli
-from stylepipe.data.images import ImageError, jpeg_frame, load_rgb
+from stylepipe.data.images import ImageError, alpha_channel, jpeg_frame, load_rgb
 from stylepipe.data.resize import list_files, list_members, resize_file, resize_folder
 from stylepipe.data.shards import ShardReader
 
@@ -140,6 +140,24 @@ def test_every_mode_becomes_sensible_rgb(resized):
     assert np.all(images["f_16bit.png"] == 128)
     assert np.all(images["nested/j_gray.jpg"][0] == images["nested/j_gray.jpg"][2])
     assert tuple(images["k_small_upscaled.png"][:, 3, 3]) == (10, 200, 10)
+
+
+@pytest.mark.parametrize("mode, colour, key", [("L", 90, 0), ("RGB", (90, 20, 20), (0, 0, 0))])
+def test_a_transparent_colour_in_gray_and_rgb_pngs_becomes_white(tmp_path, mode, colour, key):
+    """PNG's tRNS chunk marks one gray level or RGB colour transparent: like an alpha channel, it
+    becomes white for training and stylizing, and the stylized output keeps it transparent."""
+    image = Image.new(mode, (40, 30), colour)
+    image.paste(key, (0, 0, 20, 30))  # left half: the transparent colour
+    image.save(tmp_path / "keyed.png", transparency=key)
+    rgb = np.asarray(load_rgb(tmp_path / "keyed.png"))
+    assert tuple(rgb[15, 5]) == (255, 255, 255)
+    assert tuple(rgb[15, 35]) == ((90, 90, 90) if mode == "L" else (90, 20, 20))
+    alpha = np.asarray(alpha_channel(Image.open(tmp_path / "keyed.png")))
+    assert alpha[15, 5] == 0 and alpha[15, 35] == 255
+    resized = tmp_path / "resized"
+    resize_folder(tmp_path, resized, size=N, progress=False)
+    shard = ShardReader(resized)[0].numpy()
+    assert tuple(shard[:, N // 2, 1]) == (255, 255, 255) and tuple(shard[:, N // 2, -2]) == tuple(rgb[15, 35])
 
 
 @pytest.mark.parametrize("name", ["g_exif6_small.jpg", "h_exif6_big.jpg", "i_exif6.png"])

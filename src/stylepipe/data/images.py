@@ -230,13 +230,19 @@ def decode(image: Image.Image, path: str | Path) -> Image.Image:
     return image
 
 
+def _keyed_to_rgba(image: Image.Image) -> Image.Image:
+    """A palette, gray or RGB image with a transparent colour (PNG tRNS, GIF) → RGBA; others as they are."""
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
+        return image.convert("RGBA")
+    return image
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode → RGB: alpha composited on white, 16/32-bit scaled to 8 bits."""
+    image = _keyed_to_rgba(image)
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, WHITE)
@@ -315,8 +321,7 @@ def alpha_channel(image: Image.Image) -> Image.Image | None:
 
     An alpha channel that is 255 everywhere is no transparency.
     """
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
+    image = _keyed_to_rgba(image)
     if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
         return None
     alpha = image.getchannel("A")
