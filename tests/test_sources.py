@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 import tempfile
@@ -168,6 +169,33 @@ def test_content_zip_tar_url_and_folder_sources(tmp_path):
     assert _fetch("content", "--params", str(folder_params), "--output", str(tmp_path / "c4.zip")) == 0
     assert (tmp_path / "c4.zip").read_bytes() == (tmp_path / "c2.zip").read_bytes()
     assert (tmp_path / "c4.zip").read_bytes() == (tmp_path / "c3.zip").read_bytes()  # same files, same zip
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz", ""])
+def test_content_tar_stored_out_of_name_order_is_repacked_in_one_pass(tmp_path, compression, monkeypatch):
+    """`tar czf` stores files in the folder's listing order, not sorted. The zip is packed in sorted order,
+    and reading a compressed tar out of order would decompress it again from the start for every
+    member; it is decompressed once into a temporary plain tar instead (removed afterwards)."""
+    import gzip
+
+    rewinds = []
+    real_rewind = gzip._GzipReader._rewind
+    monkeypatch.setattr(gzip._GzipReader, "_rewind", lambda self: rewinds.append(1) or real_rewind(self))
+    files = {f"train2014/{i:02d}.jpg": bytes([i]) * 300 for i in range(30)}
+    tar = tmp_path / f"train.tar{'.' + compression if compression else ''}"
+    with tarfile.open(tar, f"w:{compression}") as tf:
+        for name in reversed(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            tf.addfile(info, io.BytesIO(files[name]))
+    params = _params(tmp_path, content={"url": tar.as_uri(), "md5": hashlib.md5(tar.read_bytes()).hexdigest()})
+    out = tmp_path / "out" / "content.zip"
+    assert _fetch("content", "--params", str(params), "--output", str(out), "--downloads", str(tmp_path / "dl")) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert zf.namelist() == sorted(files)
+        assert {name: zf.read(name) for name in zf.namelist()} == files
+    assert os.listdir(out.parent) == ["content.zip"]  # the plain copy is gone
+    assert len(rewinds) <= 1  # read out of order from the .tar.gz itself: a rewind for most of the 30 members
 
 
 def test_content_zip_in_a_cache_on_another_file_system_is_copied_only_where_it_fits(tmp_path, capsys):

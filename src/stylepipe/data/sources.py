@@ -35,7 +35,7 @@ from stylepipe.data.download import (DOWNLOAD_CACHE, DOWNLOAD_CACHE_VARIABLE, Do
                                      gigabytes)
 from stylepipe.data.images import ImageError, load_rgb
 from stylepipe.data.shards import OutputNotOurs, atomic_directory
-from stylepipe.io import atomic_path
+from stylepipe.io import atomic_path, new_temporary
 
 WHAT = ("content", "eval", "style", "loss-network")
 
@@ -248,8 +248,14 @@ def _folder_members(folder: Path) -> Iterator[tuple[str, int, Iterator[bytes]]]:
         yield rel, path.stat().st_size, _file_chunks(path)
 
 
-def _tar_members(archive: Path) -> Iterator[tuple[str, int, Iterator[bytes]]]:
-    """The regular files of a tar archive, names checked and sorted (links, devices left out)."""
+def _tar_members(archive: Path, beside: Path) -> Iterator[tuple[str, int, Iterator[bytes]]]:
+    """The regular files of a tar archive, names checked and sorted (links, devices left out).
+
+    Members stored out of name order are read from a plain copy of a
+    compressed archive, decompressed once into a temporary file beside
+    ``beside``: in a compressed stream every backward seek decompresses again
+    from the start, which makes sorted reads of an unsorted .tar.gz quadratic.
+    """
     from tqdm import tqdm
 
     from stylepipe.data.archive import _safe_name
@@ -260,9 +266,43 @@ def _tar_members(archive: Path) -> Iterator[tuple[str, int, Iterator[bytes]]]:
             name = _safe_name(archive, member.name)  # refuses absolute and ``..`` names
             if member.isfile():
                 files[name] = member
-        for name in tqdm(sorted(files), desc=f"repack {archive.name}", unit="file"):
-            f = tf.extractfile(files[name])
-            yield name, files[name].size, iter(lambda: f.read(CHUNK), b"")
+        in_order = list(files) == sorted(files)
+    plain = archive if in_order else _decompressed(archive, beside)
+    try:
+        with tarfile.open(plain) as tf:
+            for name in tqdm(sorted(files), desc=f"repack {archive.name}", unit="file"):
+                f = tf.extractfile(files[name])
+                yield name, files[name].size, iter(lambda: f.read(CHUNK), b"")
+    finally:
+        if plain != archive:
+            plain.unlink(missing_ok=True)
+
+
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}  # magic bytes -> module
+
+
+def _decompressed(archive: Path, beside: Path) -> Path:
+    """``archive`` itself if it is a plain tar, else a temporary plain copy of it beside ``beside``."""
+    import importlib
+
+    from tqdm import tqdm
+
+    with open(archive, "rb") as f:
+        head = f.read(6)
+    module = next((name for magic, name in _COMPRESSED.items() if head.startswith(magic)), None)
+    if module is None:
+        return archive
+    plain = new_temporary(beside)
+    try:
+        with importlib.import_module(module).open(archive, "rb") as src, open(plain, "wb") as dst, \
+                tqdm(desc=f"decompress {archive.name}", unit="B", unit_scale=True) as bar:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+                bar.update(len(chunk))
+    except BaseException:
+        plain.unlink(missing_ok=True)
+        raise
+    return plain
 
 
 def _skimage_members(names: list[str]) -> Iterator[tuple[str, int, Iterator[bytes]]]:
@@ -302,7 +342,7 @@ def fetch_content(params: Mapping, output: Path, downloads: Path | None = None) 
                 with tarfile.open(archive) as tf:
                     _require_images([m.name for m in tf.getmembers() if m.isfile()],
                                     f"key data.content.url: {archive}")
-                pack_zip(_tar_members(archive), output)
+                pack_zip(_tar_members(archive, output), output)
             else:
                 raise ArchiveError(f"{archive}: not a zip or tar archive")
         except (DownloadError, ArchiveError, tarfile.TarError, EOFError) as err:
