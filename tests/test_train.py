@@ -691,6 +691,26 @@ def test_folder_input_is_decoded_like_resize_and_unreadable_images_are_listed(tm
     assert f"{folder / 'c_empty.jpg'}: empty file" in message and f"{folder / 'd_text.png'}: not an image" in message
 
 
+def test_folder_input_takes_the_images_its_shards_would_hold(tmp_path, capsys):
+    """Same files, same order, so the same held-out validation images: a .ppm is an image to resize too,
+    and a file that is not an image is left out (and said) rather than stopping the run."""
+    import json
+
+    from stylepipe.data.resize import resize_folder
+    from stylepipe.datamodule import FolderImages
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg", "z.ppm"):
+        Image.new("RGB", (40, 36), (len(name) * 40, 90, 10)).save(folder / name)
+    (folder / "notes.txt").write_text("taken in 2014")
+    images = FolderImages(folder, 32)
+    assert f"{folder}: 1 file(s) that are not images left out" in capsys.readouterr().err
+    resize_folder(folder, tmp_path / "resized", size=32, progress=False)
+    manifest = json.loads((tmp_path / "resized" / "manifest.json").read_text())
+    assert [p.relative_to(folder).as_posix() for p in images.paths] == manifest["images"] == ["a.png", "b.jpg", "z.ppm"]
+
+
 @pytest.mark.parametrize("preempted", [False, True], ids=["finished", "preempted"])
 def test_lightning_s_slurm_handler_never_installed_and_handlers_restored(setup, monkeypatch, preempted):
     """Under Slurm, Lightning's own SIGUSR1 handler (save mid-step, `scontrol requeue`) is never put in, not even

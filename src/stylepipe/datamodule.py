@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,13 +36,13 @@ def is_shard_dir(path: str | Path) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The images under ``folder`` (recursively) as `stylepipe resize` takes them: hidden files and
-    folders left out, sorted by relative path, so a folder holds out the images its shards would."""
+def list_content_files(folder: str | Path) -> list[Path]:
+    """The files under ``folder`` (recursively) that `stylepipe resize` reads: hidden files and folders
+    left out, sorted by relative path, whatever their suffix (a ``.ppm`` is an image too)."""
     from stylepipe.data.resize import list_files
 
     folder = Path(folder)
-    return [folder / name for name in list_files(folder) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return [folder / name for name in list_files(folder)]
 
 
 def _worker_init(worker_id: int, rank: int) -> None:
@@ -61,23 +62,31 @@ class FolderImages(Dataset):
     """
 
     def __init__(self, folder: str | Path, size: int):
-        self.paths = list_images(folder)
-        if not self.paths:
-            raise FileNotFoundError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        self.size = size
-        bad = []
-        for path in self.paths:
+        # resize's rule, so that a folder holds out the images its shards would: every file that decodes
+        files = list_content_files(folder)
+        self.paths, bad, not_images = [], [], []
+        for path in files:
             try:
                 load_rgb(path)
+                self.paths.append(path)
             except ImageError as err:
-                bad.append(str(err))
+                (bad if path.suffix.lower() in IMAGE_SUFFIXES else not_images).append(str(err))
         if bad:
+            images = len(self.paths) + len(bad)
             listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
             raise ValueError(
-                f"{folder}: {len(bad)} of {len(self.paths)} images cannot be read: {listed}. Remove or replace them, "
+                f"{folder}: {len(bad)} of {images} images cannot be read: {listed}. Remove or replace them, "
                 f"or run `stylepipe resize --input {folder} --output DIR --size {size}` (it skips unreadable images "
                 "and lists them in DIR/manifest.json) and train on DIR"
             )
+        if not self.paths:
+            raise FileNotFoundError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
+                                    f"and any other file that decodes as one)")
+        if not_images:
+            listed = "; ".join(not_images[:5]) + (f"; and {len(not_images) - 5} more" if len(not_images) > 5 else "")
+            print(f"{folder}: {len(not_images)} file(s) that are not images left out, as `stylepipe resize` "
+                  f"leaves them out: {listed}", file=sys.stderr)
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.paths)

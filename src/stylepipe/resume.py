@@ -50,9 +50,9 @@ def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path) 
     if manifest.is_file():
         h.update(manifest.read_bytes())
     else:
-        from stylepipe.datamodule import list_images
+        from stylepipe.datamodule import list_content_files
 
-        for p in list_images(data):
+        for p in list_content_files(data):
             st = p.stat()
             h.update(f"{p.relative_to(data)}:{st.st_size}".encode())
     return h.hexdigest()[:16]
