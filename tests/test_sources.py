@@ -198,6 +198,26 @@ def test_content_tar_stored_out_of_name_order_is_repacked_in_one_pass(tmp_path, 
     assert len(rewinds) <= 1  # read out of order from the .tar.gz itself: a rewind for most of the 30 members
 
 
+def test_content_folder_follows_links_to_folders_once(tmp_path):
+    """A photo folder that links to a dataset elsewhere (`photos/coco -> /data/coco`) trains on it; a link
+    back up the tree is not walked forever, and the folder it names is read once."""
+    from stylepipe.data.resize import list_files
+
+    photos, coco = tmp_path / "photos", tmp_path / "datasets" / "coco"
+    photos.mkdir()
+    coco.mkdir(parents=True)
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(photos / "own.png")
+    for i in range(2):
+        Image.new("RGB", (20, 20), (0, i * 90, 0)).save(coco / f"c{i}.png")
+    (photos / "coco").symlink_to(coco, target_is_directory=True)
+    (coco / "up").symlink_to(tmp_path / "datasets", target_is_directory=True)  # a cycle through coco
+    expected = ["coco/c0.png", "coco/c1.png", "own.png"]
+    assert list_files(photos) == expected
+    params = _params(tmp_path, content={"folder": str(photos)})
+    assert _fetch("content", "--params", str(params), "--output", str(tmp_path / "content.zip")) == 0
+    assert sorted(_members(tmp_path / "content.zip")) == expected
+
+
 def test_content_zip_in_a_cache_on_another_file_system_is_copied_only_where_it_fits(tmp_path, capsys):
     """No hard link across file systems: the archive is copied, and a copy the disk cannot hold is refused
     at once (COCO's is 13 GB), naming both sizes and how to get a link instead."""

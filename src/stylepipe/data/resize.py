@@ -51,12 +51,20 @@ def list_files(folder: str | Path) -> list[str]:
     """Every file under ``folder`` (recursively), relative POSIX paths, sorted.
 
     Hidden files and folders (``.snakemake_timestamp``, ``.DS_Store``, ``.git``)
-    are not inputs and are ignored silently.
+    are not inputs and are ignored silently. Links to folders are followed
+    (``photos/coco -> /data/coco``); a folder reached a second time (a link
+    back up the tree, two links to one folder) is read once.
     """
     folder = Path(folder)
     found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    seen = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: which of two links is read is fixed
         rel_root = Path(root).relative_to(folder)
         found.extend((rel_root / f).as_posix() for f in files if not f.startswith("."))
     return sorted(found)

@@ -220,13 +220,11 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 
 
 def _folder_files(folder: Path) -> list[str]:
-    """Regular files under ``folder``, relative POSIX paths, sorted; hidden ones left out."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = Path(root).relative_to(folder)
-        found.extend((rel / f).as_posix() for f in files if not f.startswith(".") and (Path(root) / f).is_file())
-    return sorted(found)
+    """Regular files under ``folder`` as resize lists them (relative POSIX paths, sorted, hidden ones
+    left out, links to folders followed)."""
+    from stylepipe.data.resize import list_files
+
+    return [name for name in list_files(folder) if (folder / name).is_file()]
 
 
 def _require_images(names: list[str], where: str) -> None:
