@@ -170,6 +170,26 @@ def test_exif_orientation_by_pixels(resized, name):
     assert bottom[2] > 150 and bottom[0] < 80, bottom
 
 
+XMP_ORIENTATION_6 = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                     b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+                     b'</rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("width, height", [(60, 40), (240, 160)], ids=["small", "big"])
+def test_an_orientation_only_in_xmp_turns_every_jpeg_as_load_rgb_does(tmp_path, width, height):
+    """Some editors record the orientation in XMP alone. Pillow applies it; the JPEG decoder that reads
+    small JPEGs directly would not, so such files take the Pillow path: small or big, upright."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _halves(width, height).save(folder / "xmp6.jpg", quality=95, xmp=XMP_ORIENTATION_6)
+    assert load_rgb(folder / "xmp6.jpg").size == (height, width)  # what stylize and evaluate see
+    resize_folder(folder, tmp_path / "out", size=N, progress=False)
+    img = ShardReader(tmp_path / "out")[0].numpy().astype(int)
+    top, bottom = img[:, 1, N // 2], img[:, -2, N // 2]
+    assert top[0] > 150 and top[2] < 80, top  # red on top, blue at the bottom: turned
+    assert bottom[2] > 150 and bottom[0] < 80, bottom
+
+
 def test_load_rgb_matches_resize_orientation(inputs):
     image = load_rgb(inputs / "g_exif6_small.jpg")
     assert image.mode == "RGB" and image.size == (40, 60)

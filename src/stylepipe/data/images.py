@@ -154,6 +154,14 @@ def pixel_limit(max_pixels: int | None = None) -> int:
 
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2))  # baseline, extended sequential, progressive (Huffman)
 _JPEG_PLAIN = frozenset((0xC4, 0xDD, 0xFE, *range(0xE0, 0xF0)))  # DHT, DRI, COM, APPn
+_XMP = b"http://ns.adobe.com/xap/1.0/\0"  # an APP1 segment holding XMP
+_XMP_ORIENTATION = b"tiff:Orientation"
+
+
+def xmp_orientation(image: Image.Image) -> bool:
+    """Whether the image's XMP names an orientation (applied by :func:`upright`, unknown to other decoders)."""
+    xmp = image.info.get("xmp", b"")
+    return _XMP_ORIENTATION in (xmp if isinstance(xmp, bytes) else str(xmp).encode())
 
 
 def jpeg_frame(data: bytes | bytearray) -> tuple[int, int, int] | None:
@@ -207,6 +215,8 @@ def jpeg_frame(data: bytes | bytearray) -> tuple[int, int, int] | None:
             return None
         elif marker == 0xED and data[body : body + 14] == b"Photoshop 3.0\0":
             return None
+        elif marker == 0xE1 and data[body : body + len(_XMP)] == _XMP and _XMP_ORIENTATION in data[body:pos]:
+            return None  # an orientation in XMP, which Pillow applies and the tensor decoder does not
         elif marker == 0xEE and data[body : body + 5] == b"Adobe" and n < 12:
             return None
     return None

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stylepipe.arguments import positive_int
-from stylepipe.data.images import ImageError, decode, is_jpeg, jpeg_frame, open_image, pixel_limit, to_rgb, upright
+from stylepipe.data.images import (ImageError, decode, is_jpeg, jpeg_frame, open_image, pixel_limit, to_rgb,
+                                   upright, xmp_orientation)
 from stylepipe.data.shards import MANIFEST, ShardWriter, atomic_directory
 
 RESAMPLE = "bilinear, antialiased (torch.nn.functional.interpolate), short side to N then centre crop N x N"
@@ -211,7 +212,8 @@ def resize_file(
             if short >= 4 * size:
                 # DCT-domain downscale by 2, 4 or 8; keeps the short side >= 2 * size
                 image.draft(None, (2 * size, 2 * size))
-            elif image.format == "JPEG" and image.mode in ("RGB", "L") and decoder is not None:
+            elif image.format == "JPEG" and image.mode in ("RGB", "L") and decoder is not None \
+                    and not xmp_orientation(image):
                 image.close()
                 return _crop_resize(_decode_jpeg_tensor(path, decoder, data), size)
         decode(image, path)
