@@ -276,6 +276,29 @@ def test_ctrl_c_in_a_terminal_checkpoints_like_sigterm_and_resumes(setup, uninte
 
 
 @pytest.mark.slow
+def test_ctrl_c_twice_stops_at_once_with_the_status_of_ctrl_c_and_says_so(setup):
+    """The second ^C does not wait for the step to end: Lightning catches the KeyboardInterrupt and would
+    exit with status 1, which reads as a crash; the run says what happened and exits 130 instead."""
+    cmd = variant(setup, "ctrl-c-twice", image_size=192, batch_size=4)  # steps long enough to land in one
+    scratch = setup / "ctrl-c-twice" / "scratch"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (scratch / "last.ckpt").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no last.ckpt appeared"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "interrupted (^C) before a checkpoint could be written" in stderr and "Traceback" not in stderr
+    last = (scratch / "attempts.log").read_text().splitlines()[-1]
+    assert last.split(": ", 1)[1].startswith("interrupted by ^C at step "), last
+    assert not (setup / "ctrl-c-twice" / "waves.pth").exists()
+
+
+@pytest.mark.slow
 def test_killed_right_after_a_validating_steps_checkpoint_resumes_with_that_validation(setup, uninterrupted):
     # checkpoints every 3 steps, as it validates (an operational value: the same run as the uninterrupted
     # one); SIGKILL leaves nothing to act on, so the run resumes from step 3's periodic checkpoint, which

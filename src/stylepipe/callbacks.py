@@ -93,6 +93,7 @@ class Preemption(Callback):
         self.path = path
         self.val_every = val_every  # optimizer steps between validations
         self.signum: int | None = None
+        self.keyboard_interrupt = False  # fit ended by a KeyboardInterrupt, which Lightning turns into exit(1)
         self._previous: dict[int, Any] = {}
         self._step = 0
 
@@ -132,6 +133,10 @@ class Preemption(Callback):
         if flag:
             trainer.save_checkpoint(self.path, weights_only=False)
             raise Preempted(self.signum or signal.SIGTERM, self.path, trainer.global_step)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # ^C twice, or once before this handler is in: Lightning shuts down and calls sys.exit(1)
+        self.keyboard_interrupt = isinstance(exception, KeyboardInterrupt)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for sig, handler in self._previous.items():
