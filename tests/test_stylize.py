@@ -443,3 +443,42 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_for_max_size(models, tmp_pat
                      *FP32, str(path)]) == 0
     assert Image.open(out).size == size
 
+
+
+def _png_with_exif_after_the_pixels(image: Image.Image, path, orientation: int) -> None:
+    """A PNG whose eXIf chunk comes after IDAT, as some writers put it (Pillow puts it before)."""
+    import struct
+    import zlib
+
+    image.save(path)
+    data = path.read_bytes()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
+def test_input_sizes_come_from_the_header_and_honour_an_orientation_anywhere(tmp_path, monkeypatch):
+    """Batches are grouped by size before any image is decoded: a PNG is not decoded for it (Pillow's
+    getexif() would, to look for EXIF after the pixels), and EXIF there still turns the size."""
+    from PIL import ImageFile
+
+    from stylepipe.stylize.inputs import oriented_size
+
+    plain = Image.new("RGB", (60, 40), (200, 30, 30))
+    plain.save(tmp_path / "plain.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    plain.save(tmp_path / "before.png", exif=exif)
+    _png_with_exif_after_the_pixels(plain, tmp_path / "after.png", 6)
+    assert Image.open(tmp_path / "after.png").getexif()[0x0112] == 6  # Pillow finds it there too
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.filename) or real_load(self))
+    assert oriented_size(tmp_path / "plain.png") == (60, 40)
+    assert oriented_size(tmp_path / "before.png") == (40, 60)
+    assert decoded == []
+    assert oriented_size(tmp_path / "after.png") == (40, 60)  # found by decoding, as before

@@ -361,9 +361,39 @@ _QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 def _exif_orientation(image: Image.Image) -> int:
     try:
+        if image.format == "PNG" and "exif" not in image.info and not _png_metadata_after_pixels(image):
+            # Pillow's PNG getexif() decodes the whole image to look for EXIF after the pixel data;
+            # with none there, the chunks read with the header (EXIF, XMP) are all there is
+            return Image.Image.getexif(image).get(EXIF_ORIENTATION, 1)
         return image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a broken EXIF block: upright() keeps the image as stored
         return 1
+
+
+_PNG_METADATA = (b"eXIf", b"iTXt", b"tEXt", b"zTXt")  # chunks that can carry an orientation (EXIF, XMP)
+
+
+def _png_metadata_after_pixels(image: Image.Image) -> bool:
+    """Whether a PNG has a chunk that could carry an orientation after its image data (True when unsure).
+
+    Only the chunks' 8-byte headers are read, skipping their data: no decoding.
+    """
+    path = getattr(image, "filename", None)
+    if not path:
+        return True
+    with open(path, "rb") as f:
+        f.seek(8)  # the signature
+        seen_pixels = False
+        while len(head := f.read(8)) == 8:
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"IEND":
+                return False
+            if kind == b"IDAT":
+                seen_pixels = True
+            elif seen_pixels and kind in _PNG_METADATA:
+                return True
+            f.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    return True  # truncated: let Pillow decide
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
