@@ -58,6 +58,10 @@ def test_style_overrides_apply_to_one_style(tmp_path):
         (lambda p: p["train"].update(style_layer_weights=[1.0]), "train.style_layer_weights has 1 entries"),
         (lambda p: p["train"].update(max_steps=0), "train.max_steps is 0"),
         (lambda p: p["styles"]["waves"].update(max_steps=0), "(style waves: train with its overrides)"),
+        (lambda p: p["styles"]["waves"].update(image_size=128), "key styles.waves.image_size: 128 differs"),
+        # the thread count changes CPU-trained weights, so both runners track it: it must be there
+        (lambda p: p["resources"]["train"].pop("cpus_per_task"), "key resources.train.cpus_per_task is missing"),
+        (lambda p: p.pop("resources"), "key resources.train.cpus_per_task is missing"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, key):

@@ -269,3 +269,18 @@ def test_changed_weight_reruns_only_that_style(run, tmp_path):
     assert job_counts(out) == {"fetch_style": "1", "train": "1", "stylize": "1", "evaluate": "1", "report": "1",
                                "all": "1"}
     assert "wildcards: style=mosaic" not in out
+
+
+def test_the_training_thread_count_reruns_training_and_other_resources_do_not(run, tmp_path):
+    """On a CPU the weights depend on the thread count (resources.train.cpus_per_task), so it is a
+    tracked value like train's (DVC tracks the same key: test_parity); a job's runtime is not."""
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["resources"]["train"]["runtime"] += 60
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Nothing to be done" in sh(work, "snakemake", "-n").stdout
+    params["resources"]["train"]["cpus_per_task"] += 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(work, "snakemake", "-n").stdout
+    assert job_counts(out) == {"train": "2", "stylize": "2", "evaluate": "2", "report": "1", "all": "1"}, out[-3000:]

@@ -25,8 +25,8 @@ def test_a_smaller_batch_that_divides_the_batch_is_offered_with_the_accumulation
                               "memory limit: ")
     # 4 images need at most 1.0 + 5.2 GB; 8 x 2 = 4 x 4 images per optimizer step
     assert ("set train.batch_size to 4 (with train.accumulate_grad_batches = 4 for the same images per "
-            "optimizer step)") in message
-    assert "or set train.image_size to 368 (a style may override them under styles.<name>)" in message
+            "optimizer step; or for one style, under styles.<name>)") in message
+    assert "or set train.image_size to 368, or give" in message  # one size for every style: the shards'
     # under Slurm the job's cgroup limit is what resources.train.mem_mb asks for
     assert message.endswith("or give the job more memory (resources.train.mem_mb); nothing was trained")
 
@@ -40,7 +40,7 @@ def test_every_process_on_the_machine_counts_and_bf16_emulation_takes_more():
         check_training_step(4, 512, "bf16 emulated", 1, 1, Available(2 * GB, "the machine's available memory"))
     # at the most 16 kB per pixel: a smaller size than float32 would get
     message = str(err.value)
-    assert "need at least 2.1 GB" in message and "set train.image_size to 112 " in message
+    assert "need at least 2.1 GB" in message and "set train.image_size to 112," in message
     assert "resources.train.mem_mb" not in message  # not a cgroup's limit
 
 

@@ -251,7 +251,13 @@ def validate(params: Mapping, source: str = "params") -> None:
                 f"{source}: key styles.{name}.file: style image {src['file']} does not exist; "
                 "fix the path or give a url instead"
             )
-    for name in params["styles"]:
+    for name, entry in params["styles"].items():
+        if entry.get("image_size", params["train"]["image_size"]) != params["train"]["image_size"]:
+            raise ParamsError(
+                f"{source}: key styles.{name}.image_size: {entry['image_size']} differs from train.image_size "
+                f"({params['train']['image_size']}), but the content set is resized once, at train.image_size, "
+                "for every style; remove the override, or change train.image_size"
+            )
         # combinations the schema cannot express, checked here so that a plan (`snakemake -n`,
         # `dvc repro`) fails before hours of download and resize rather than at training
         try:
@@ -260,6 +266,12 @@ def validate(params: Mapping, source: str = "params") -> None:
             overridden = set(params["styles"][name]) - {*SOURCE_KEYS, "resources"}
             where = f" (style {name}: train with its overrides)" if overridden else ""
             raise ParamsError(f"{source}: {err}{where}") from None
+    if "cpus_per_task" not in params.get("resources", {}).get("train", {}):
+        raise ParamsError(
+            f"{source}: key resources.train.cpus_per_task is missing: training computes with that many CPU "
+            "threads, and on a CPU its weights depend on the count, so both runners track it; add it, e.g. "
+            "resources: {train: {cpus_per_task: 8}}"
+        )
     content = params["data"]["content"]
     if "folder" in content and not Path(content["folder"]).is_dir():
         raise ParamsError(f"{source}: key data.content.folder: folder {content['folder']} does not exist")

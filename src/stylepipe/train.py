@@ -404,7 +404,7 @@ def training_out_of_memory(tp: dict, trainer, kept: str) -> ValueError:
     return ValueError(
         f"out of memory training at step {trainer.global_step} on {where}, train.batch_size = {tp['batch_size']} "
         f"images of train.image_size = {tp['image_size']} px in precision {tp['precision']}: {', or '.join(fixes)} "
-        f"(a style may override them under styles.<name>); {kept}")
+        f"(batch_size may also be set for one style, under styles.<name>); {kept}")
 
 
 # checkpoint paths ModelCheckpoint records, made absolute by Lightning

@@ -79,13 +79,12 @@ def check_training_step(batch_size: int, image_size: int, kind: str, processes: 
               if batch_size % b == 0 and _step_fits(b, image_size, kind, processes, free)), None)
     if b is not None:
         fixes.append(f"set train.batch_size to {b} (with train.accumulate_grad_batches = "
-                     f"{accumulate * batch_size // b} for the same images per optimizer step)")
+                     f"{accumulate * batch_size // b} for the same images per optimizer step; or for one "
+                     "style, under styles.<name>)")
     sizes = range((image_size - 1) // 16 * 16, 15, -16)  # multiples of 16 below image_size
     size = next((s for s in sizes if _step_fits(batch_size, s, kind, processes, free)), None)
     if size is not None:
         fixes.append(f"set train.image_size to {size}")
-    if fixes:
-        fixes[-1] += " (a style may override them under styles.<name>)"
     fixes.append(f"give the job more memory{_job_memory_hint(free, 'train')}")
     raise ValueError(
         f"train.batch_size = {batch_size} images of train.image_size = {image_size} px need at least "

@@ -49,7 +49,8 @@ TRACKED = {
     "fetch_style": ["seed", "styles.{style}"],
     "fetch_loss_network": ["seed", "loss_network"],
     "resize": ["data.resize_workers", "train.image_size"],
-    "train": ["seed", "train", "styles.{style}"],
+    # the thread count: on a CPU the weights depend on it (docs/training.md, "Same results on the CPU")
+    "train": ["seed", "train", "styles.{style}", "resources.train.cpus_per_task"],
     "stylize": ["stylize"],
     "evaluate": ["seed", "train", "styles.{style}", "stylize.precision", "evaluate"],
     # the style list: adding or removing a style reruns the report
