@@ -675,6 +675,10 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
     assert fingerprint(tp | {"devices": 4, "num_workers": 9}, 42, 1, *files, data=setup / "content") == base
     # which images train, and when early stopping ends the run, are what a run computes
     assert fingerprint(tp | {"val_images": 3}, 42, 1, *files, data=setup / "content") != base
+    # on the CPU the thread count changes the sums, so the weights: a checkpoint of another count is not resumed
+    two = fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=2)
+    assert two not in (base, fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=1))
+    assert two == fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=2)
     assert fingerprint(tp | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content") == base
     stopping = tp | {"early_stopping_patience": 2}
     patient = fingerprint(stopping, 42, 1, *files, data=setup / "content")

@@ -30,12 +30,13 @@ OPERATIONAL_KEYS = {"num_workers", "log_every_n_steps", "checkpoint_every_n_step
 STOPPING_KEYS = ("early_stopping_patience", "val_check_interval")
 
 
-def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path) -> str:
+def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path, cpu_threads: int | None = None) -> str:
     """Identifies what a run computes: a checkpoint of another configuration is never resumed.
 
     The number of processes counts (each takes its own share of every batch
     step's data, so it sets the global batch); how they are spread over
-    devices and nodes does not.
+    devices and nodes does not. ``cpu_threads``: the thread count of a run
+    on the CPU, where the sums, and so the weights, depend on it (None on a GPU).
     """
     values = {k: v for k, v in tp.items() if k not in OPERATIONAL_KEYS}
     if tp["early_stopping_patience"]:
@@ -43,6 +44,8 @@ def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path) 
     if tp["max_steps"] > 0:
         del values["epochs"]  # max_steps bounds the run alone
     h = hashlib.sha256()
+    if cpu_threads is not None:
+        values["cpu_threads"] = cpu_threads
     h.update(json.dumps(values | {"seed": seed, "processes": world_size}, sort_keys=True).encode())
     for path in files:
         h.update(hashlib.sha256(path.read_bytes()).digest())

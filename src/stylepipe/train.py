@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     tp = train_params(params, args.style)
     check_train_values(tp)
     seed = int(params["seed"])
-    cpu_threads(params, args.style)
+    threads = cpu_threads(params, args.style)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
     # the loss network is in eval mode on purpose; the DataModule restores the sampler position itself
@@ -296,7 +296,9 @@ def run(args: argparse.Namespace) -> int:
     if slow and trainer.is_global_zero:
         print(f"stylepipe train: warning: {slow}", file=sys.stderr)
 
-    module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network, data=args.data)
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    module.fingerprint = fp = fingerprint(tp, seed, trainer.world_size, args.style_image, args.loss_network,
+                                          data=args.data, cpu_threads=threads if on_cpu else None)
     resume, others = find_checkpoints(args.scratch, fp)
     same_start.checkpoint = resume
     if trainer.is_global_zero:
