@@ -426,6 +426,28 @@ def test_content_is_measured_as_the_network_saw_it(run, tmp_path, capsys):
     assert metrics["content_loss_unweighted"] == 0 and metrics["ssim"] == pytest.approx(1.0)
 
 
+def test_a_transparent_image_is_measured_on_the_network_s_output_under_its_alpha(run, tmp_path, capsys):
+    """The network sees a transparent input on white and stylizes all of it; stylize keeps the input's
+    alpha over that output. Measured, the output counts as the network made it, not as shown on white."""
+    eval_dir, stylized, opaque = tmp_path / "eval", tmp_path / "stylized", tmp_path / "opaque"
+    _image(eval_dir / "a.png", (40, 30), seed=1)
+    alpha = np.full((30, 40), 255, np.uint8)
+    alpha[:, :20] = 0  # left half transparent
+    content = Image.open(eval_dir / "a.png").convert("RGBA")
+    content.putalpha(Image.fromarray(alpha))
+    content.save(eval_dir / "a.png")
+    _image(opaque / "a.png", (40, 30), seed=2)  # the network's output
+    stylized.mkdir()
+    output = Image.open(opaque / "a.png").convert("RGBA")
+    output.putalpha(Image.fromarray(alpha))
+    output.save(stylized / "a.png")  # as stylize writes it
+    status, err, with_alpha = _evaluate_here(run, eval_dir, stylized, tmp_path / "m1.json", capsys)
+    assert status == 0, err
+    status, err, without = _evaluate_here(run, eval_dir, opaque, tmp_path / "m2.json", capsys)
+    assert status == 0, err
+    assert with_alpha == without
+
+
 def test_a_diverged_network_is_refused(run, tmp_path, capsys):
     # its NaN outputs become black images, which would measure as finite numbers
     state = torch.load(run / "waves.pth")

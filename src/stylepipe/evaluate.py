@@ -142,12 +142,13 @@ def _size(path: Path, fix: str) -> tuple[int, int]:
 
 def _load(path: Path, size: tuple[int, int] | None, fix: str) -> np.ndarray:
     """``path`` as uint8 RGB; with ``size``, resized as `stylepipe stylize` resizes its input (what the
-    network saw). An unreadable file is an ImageError that says ``fix``."""
-    from stylepipe.data.images import ImageError, load_rgb
+    network saw), else as stored (a stylized image's colours under its alpha are the network's output,
+    not the white a viewer would show). An unreadable file is an ImageError that says ``fix``."""
+    from stylepipe.data.images import ImageError, load_colours
     from stylepipe.stylize.inputs import load_content
 
     try:
-        image = load_rgb(path) if size is None else load_content(path, size).rgb
+        image = load_colours(path) if size is None else load_content(path, size).rgb
     except ImageError as err:
         raise ImageError(path, f"{err.reason}; {fix}") from err
     return np.asarray(image, dtype=np.uint8)

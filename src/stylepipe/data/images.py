@@ -287,6 +287,18 @@ def load_rgb(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
     return _rgb(_load_upright(path, max_pixels))
 
 
+def load_colours(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """``path`` as RGB with any alpha channel dropped, not composited on white: the colours as stored.
+
+    For a stylized PNG of a transparent input that is the network's output,
+    which `stylepipe stylize` keeps under the input's alpha.
+    """
+    image = _load_upright(path, max_pixels)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA").convert("RGB")
+    return _rgb(image)
+
+
 def load_rgb_and_alpha(path: str | Path, *, max_pixels: int | None = None,
                        for_size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image | None]:
     """:func:`load_rgb`'s image and the file's transparency (:func:`alpha_channel`, upright too).
