@@ -65,6 +65,23 @@ def test_gpu_variants_smoke_run_on_cpu_checks_every_variant():
     assert all("x" in row and "DIFFERS" not in row for name, row in rows.items() if name != "max-autotune"), rows
 
 
+@pytest.mark.slow
+def test_gpu_throughput_smoke_run_on_cpu_reaches_every_section(tmp_path):
+    # the script a session with a GPU runs first: a break found there costs the GPU time, so every section
+    # but torch.compile runs here at its smallest (about 2 minutes on an idle 2-core machine)
+    import json
+
+    lines = run_benchmark("gpu_throughput.py", "--device", "cpu", "--size", "32", "--stylize-size", "64",
+                          "--batch-sizes", "2", "--images", "4", "--no-compile", "--budget", "1000",
+                          "--json", str(tmp_path / "results.json"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [row["batch_size"] for row in results["train"]] == [2]
+    assert [row["deterministic"] for row in results["trainer"]] == [False, True]
+    assert [row["batch_size"] for row in results["stylize"]] == [1, 8]
+    assert results["determinism"].endswith("identical weights"), results["determinism"]
+    assert any(line.startswith("Trainer deterministic=True") for line in lines), lines[-12:]
+
+
 @pytest.mark.parametrize("conv", [(3, 32), (32, 3)], ids=["first 3->32", "last 32->3"])
 def test_gpu_variants_channel_padded_conv_is_the_same_convolution(conv):
     # the thin-8/thin-16 variants: same output, same gradients on the real weights, same state_dict
