@@ -177,15 +177,26 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    """cuDNN's float32 convolutions in float32: by default PyTorch lets them run in TF32 on Ampere and
+    later GPUs (10-bit mantissas), which moves the losses in their third or fourth digit."""
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = allowed
+
+
 def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
     """Mean content/style/TV/total loss (weighted, and each term unweighted) and SSIM over the evaluation images.
 
-    On the CPU it runs on one thread, so the numbers do not depend on the thread count.
+    On the CPU it runs on one thread, so the numbers do not depend on the thread count; on a GPU
+    in float32, not TF32.
     """
-    if device.type == "cpu":
-        with _one_thread():
-            return _loss_metrics(pairs, style_image, loss_network, train, device)
-    return _loss_metrics(pairs, style_image, loss_network, train, device)
+    with _one_thread() if device.type == "cpu" else _no_tf32():
+        return _loss_metrics(pairs, style_image, loss_network, train, device)
 
 
 @torch.inference_mode()
