@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -157,6 +158,7 @@ def test_two_nodes_train_what_two_devices_on_one_node_train(setup):
     assert resumed.wait() == [0, 0], resumed.output()
     attempts = (setup / "cut" / "scratch" / "attempts.log").read_text()
     assert "interrupted by SIGTERM" in attempts and "resuming from" in attempts, attempts
+    assert re.search(r"resumed at step [1-9]", attempts), attempts  # from the checkpoint, not from step 0
     assert_identical(run / "waves.pth", setup / "cut" / "waves.pth")
 
     # the same with a finished run's checkpoint on node 0 alone: it would stop at once, node 1 start over

@@ -261,6 +261,7 @@ def test_preempted_training_resumes_and_ends_with_uninterrupted_weights(slurm_ru
     # Snakemake rewrote that log at each attempt; the attempts' history is in scratch
     attempts = (root / "scratch/train/long/attempts.log").read_text()
     assert "interrupted by SIGUSR1" in attempts and attempts.count("resuming from") >= 1, attempts
+    assert re.search(r"resumed at step [1-9]", attempts), attempts  # from the checkpoint, not from step 0
     assert attempts.splitlines()[-1].endswith(f"finished at step {LONG_STEPS}"), attempts
     # started by srun as a job step of its own (Lightning warns when a Slurm job's training is not)
     assert "is available on your system but is not used" not in log, log[-3000:]

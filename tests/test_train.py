@@ -219,6 +219,19 @@ def test_same_seed_same_weights(setup, uninterrupted):
     assert_identical(uninterrupted / "waves.pth", setup / "b" / "waves.pth")
 
 
+@pytest.mark.slow
+def test_another_seed_other_weights(setup, uninterrupted):
+    """The params' seed is the one that counts: the network's initial weights and the data order follow it."""
+    params = yaml.safe_load((setup / "params.yaml").read_text())
+    (setup / "seed43.yaml").write_text(yaml.safe_dump(params | {"seed": params["seed"] + 1}))
+    cmd = command(setup, "seed43")
+    cmd[cmd.index(str(setup / "params.yaml"))] = str(setup / "seed43.yaml")
+    train(setup, "seed43", cmd)
+    one, other = weights(uninterrupted / "waves.pth"), weights(setup / "seed43" / "waves.pth")
+    assert one.keys() == other.keys()
+    assert not any(torch.equal(one[k], other[k]) for k in one if one[k].is_floating_point() and one[k].numel() > 1)
+
+
 # mid-epoch, and at the end of the second epoch
 @pytest.mark.parametrize("steps", [pytest.param(3, marks=pytest.mark.slow), MAX_STEPS])
 def test_a_finished_run_started_again_rewrites_the_same_bytes(setup, steps):
@@ -243,6 +256,7 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
 
     resumed = train(setup, "c")
     assert "resuming from" in resumed.stderr
+    assert f"resumed at step {step}" in resumed.stderr  # from the checkpoint, not over from step 0
     assert_identical(uninterrupted / "waves.pth", setup / "c" / "waves.pth")
     for curves in ("curves.csv", "val_curves.csv"):  # whole, though written by two processes
         assert (setup / "c" / curves).read_text() == (uninterrupted / curves).read_text()
@@ -250,7 +264,8 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
     attempts = (setup / "c" / "scratch" / "attempts.log").read_text().splitlines()
     assert [line.split(": ", 1)[1] for line in attempts] == [
         "started", f"interrupted by SIGTERM at step {step}; checkpoint saved to {setup / 'c' / 'scratch' / 'preempted.ckpt'}",
-        f"resuming from {setup / 'c' / 'scratch' / 'preempted.ckpt'}", f"finished at step {MAX_STEPS}"]
+        f"resuming from {setup / 'c' / 'scratch' / 'preempted.ckpt'}", f"resumed at step {step}",
+        f"finished at step {MAX_STEPS}"]
 
 
 @pytest.mark.slow
@@ -271,7 +286,7 @@ def test_ctrl_c_in_a_terminal_checkpoints_like_sigterm_and_resumes(setup, uninte
     assert "interrupted by SIGINT" in stderr and "Run the same command again to resume" in stderr
     assert "Traceback" not in stderr and "exited unexpectedly" not in stderr
     resumed = train(setup, "ctrl-c", cmd)
-    assert "resuming from" in resumed.stderr
+    assert "resuming from" in resumed.stderr and re.search(r"resumed at step [1-9]", resumed.stderr)
     assert_identical(uninterrupted / "waves.pth", setup / "ctrl-c" / "waves.pth")
 
 
@@ -311,7 +326,7 @@ def test_killed_right_after_a_validating_steps_checkpoint_resumes_with_that_vali
     [curves] = [state for key, state in ckpt["callbacks"].items() if key.endswith("Curves")]
     assert [row["step"] for row in curves["val_rows"]] == [3]  # the checkpoint holds step 3's validation
     resumed = train(setup, "killed", cmd)
-    assert "resuming from" in resumed.stderr
+    assert "resuming from" in resumed.stderr and "resumed at step 3" in resumed.stderr
     # resuming from --scratch is by design, and the log is about the training, not Lightning's services
     for noise in ("exists and is not empty", "Tip:", "`weights_only` was not set"):
         assert noise not in resumed.stderr, noise
@@ -369,6 +384,10 @@ def test_sampler_order_depends_on_seed_and_epoch_only():
     a.set_epoch(1)
     assert list(a) != list(b)
     assert list(a) == ResumableSampler(10, 2, 5).order(1)
+    # another seed, another order; and not the same orders shifted by an epoch
+    other = ResumableSampler(1000, 2, 6)
+    assert other.order(0) != ResumableSampler(1000, 2, 5).order(0)
+    assert other.order(0) != ResumableSampler(1000, 2, 5).order(1)
 
 
 def test_sampler_resumes_mid_epoch_and_after_last_batch():
@@ -676,6 +695,7 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
     # which images train, and when early stopping ends the run, are what a run computes
     assert fingerprint(tp | {"val_images": 3}, 42, 1, *files, data=setup / "content") != base
     # on the CPU the thread count changes the sums, so the weights: a checkpoint of another count is not resumed
+    assert fingerprint(tp, 43, 1, *files, data=setup / "content") != base  # another seed, another run
     two = fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=2)
     assert two not in (base, fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=1))
     assert two == fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=2)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import signal
+import sys
 import threading
 import time
 import zlib
@@ -158,6 +159,14 @@ class SameStart(Callback):
     def __init__(self, scratch: Path):
         self.scratch = scratch
         self.checkpoint: Path | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # the step the restored loop actually starts at, as the history of the attempts has it
+        if self.checkpoint is not None and trainer.is_global_zero:
+            from stylepipe.resume import record_attempt
+
+            print(f"stylepipe train: resumed at step {trainer.global_step}", file=sys.stderr)
+            record_attempt(self.scratch, f"resumed at step {trainer.global_step}")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.world_size == 1:

@@ -170,7 +170,9 @@ class ResumableSampler(Sampler[int]):
 
     def order(self, epoch: int) -> list[int]:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + epoch)
+            # both numbers mixed, not added: seed + epoch would give seed 43's first epoch seed 42's second
+            entropy = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint32)
+            generator = torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
             indices = torch.randperm(self.size, generator=generator).tolist()
         else:
             indices = list(range(self.size))
