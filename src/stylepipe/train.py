@@ -323,14 +323,6 @@ def run(args: argparse.Namespace) -> int:
         if trainer.is_global_zero:
             record_attempt(args.scratch, f"{event} at step {trainer.global_step}")
         raise stop from err
-    except SystemExit:
-        if not preemption.keyboard_interrupt:
-            raise
-        print("stylepipe train: interrupted (^C) before a checkpoint could be written; run the same command "
-              "again to resume from the last one", file=sys.stderr)
-        if trainer.is_global_zero:
-            record_attempt(args.scratch, f"interrupted by ^C at step {trainer.global_step}, without a checkpoint")
-        return 128 + signal.SIGINT
     except SIGTERMException:
         # SIGTERM in the start-up moments when Lightning chains its handler with ours, which it acts on:
         # a SystemExit with status 0 otherwise, which would look like success
@@ -338,6 +330,14 @@ def run(args: argparse.Namespace) -> int:
         if trainer.is_global_zero:
             record_attempt(args.scratch, "interrupted by SIGTERM while starting")
         return 128 + signal.SIGTERM
+    except SystemExit:  # after SIGTERMException, one of its kind
+        if not preemption.keyboard_interrupt:
+            raise
+        print("stylepipe train: interrupted (^C) before a checkpoint could be written; run the same command "
+              "again to resume from the last one", file=sys.stderr)
+        if trainer.is_global_zero:
+            record_attempt(args.scratch, f"interrupted by ^C at step {trainer.global_step}, without a checkpoint")
+        return 128 + signal.SIGINT
     if trainer.interrupted:
         return 1
 
