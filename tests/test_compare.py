@@ -158,7 +158,9 @@ def test_report_says_how_each_style_was_trained(history, report_ab):
         row = re.search(rf"<tr><td>{re.escape(style)}</td>(.*?)</tr>", section)
         assert row, style
         cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-        assert cells == [f"cpu · 32-true · {steps:,} steps · torch {torch.__version__}"] * 2, cells
+        assert len(cells) == 2 and cells[0] == cells[1], cells
+        assert re.fullmatch(rf"cpu \(\d+ threads?\) · 32-true · {steps:,} steps · torch {re.escape(torch.__version__)}",
+                            cells[0]), cells
     assert "<strong>" not in section
 
 
@@ -571,7 +573,7 @@ def test_training_that_differs_is_marked():
 
     gpu = {"device": "cuda:0 (NVIDIA H100 80GB HBM3)", "precision": "bf16-mixed", "processes": 2, "steps": 41396,
            "software": {"torch": "2.14.1"}}
-    cpu = {"device": "cpu", "precision": "32-true", "processes": 1, "steps": 41396}
+    cpu = {"device": "cpu", "precision": "32-true", "processes": 1, "steps": 41396}  # from before cpu_threads
     revs = [Revision(name, None, name, "", "", summaries=summaries, styles=["candy", "udnie"], label=name)
             for name, summaries in (("a", {"candy": cpu, "udnie": cpu}), ("b", {"candy": gpu, "udnie": cpu}),
                                     ("c", {"candy": cpu}))]
@@ -583,6 +585,11 @@ def test_training_that_differs_is_marked():
         "udnie": "<td>cpu · 32-true · 41,396 steps</td><td>cpu · 32-true · 41,396 steps</td>"
                  "<td><strong>—</strong></td>"}
     assert _training_section([Revision("a", None, "a", "", "", styles=["candy"], label="a")], {"a": "#000"}) == []
+    # on a CPU the thread count changes the weights: shown, and a change of it marked
+    threads = [Revision(name, None, name, "", "", summaries={"candy": cpu | {"cpu_threads": n}}, styles=["candy"],
+                        label=name) for name, n in (("a", 8), ("b", 1))]
+    assert "".join(_training_section(threads, dict.fromkeys("ab", "#000"))).count(
+        "<td>cpu (8 threads) · 32-true · 41,396 steps</td><td><strong>cpu (1 thread) · 32-true") == 1
 
 
 def test_default_revisions_and_params_flattening():

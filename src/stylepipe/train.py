@@ -490,7 +490,7 @@ def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
         "precision": str(tp["precision"]),
         "device": device,
         "processes": world,
-        "cpu_threads": torch.get_num_threads(),  # per process; on the CPU the weights depend on it (bf16)
+        "cpu_threads": torch.get_num_threads(),  # per process; on the CPU the weights depend on it
         # who started the processes: SLURMEnvironment under srun, LightningEnvironment when Lightning did
         "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__
         if world > 1 else None,

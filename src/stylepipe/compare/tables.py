@@ -59,10 +59,15 @@ def packages_diff(revs: list[Revision]) -> pd.DataFrame:
 
 
 def training_text(summary: dict | None) -> str:
-    """One style's training in a line: device, precision, processes, steps and torch, as recorded."""
+    """One style's training in a line: device (and threads on a CPU), precision, processes, steps and torch,
+    as recorded."""
     if summary is None:
         return "—"
-    parts = [str(summary.get("device", "?")), str(summary.get("precision", "?"))]
+    device = str(summary.get("device", "?"))
+    threads = summary.get("cpu_threads")
+    if device == "cpu" and isinstance(threads, int):  # on a CPU the weights depend on the thread count
+        device += f" ({threads} thread{'s' if threads > 1 else ''})"
+    parts = [device, str(summary.get("precision", "?"))]
     if (summary.get("processes") or 1) > 1:
         parts.append(f"{summary['processes']} processes")
     if isinstance(summary.get("steps"), int):
