@@ -54,6 +54,11 @@ def _worker_init(worker_id: int, rank: int) -> None:
 
         pl_worker_init_function(worker_id, rank)
 
+def _first(reasons: list[str], n: int) -> str:
+    """The first ``n`` reasons, and how many more there are."""
+    return "; ".join(reasons[:n]) + (f"; and {len(reasons) - n} more" if len(reasons) > n else "")
+
+
 class FolderImages(Dataset):
     """A folder of images of any size → uint8 [3, size, size] tensors, as `stylepipe resize` makes them.
 
@@ -73,9 +78,8 @@ class FolderImages(Dataset):
                 (bad if path.suffix.lower() in IMAGE_SUFFIXES else not_images).append(str(err))
         if bad:
             images = len(self.paths) + len(bad)
-            listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
             raise ValueError(
-                f"{folder}: {len(bad)} of {images} images cannot be read: {listed}. Remove or replace them, "
+                f"{folder}: {len(bad)} of {images} images cannot be read: {_first(bad, 10)}. Remove or replace them, "
                 f"or run `stylepipe resize --input {folder} --output DIR --size {size}` (it skips unreadable images "
                 "and lists them in DIR/manifest.json) and train on DIR"
             )
@@ -83,9 +87,8 @@ class FolderImages(Dataset):
             raise FileNotFoundError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
                                     f"and any other file that decodes as one)")
         if not_images:
-            listed = "; ".join(not_images[:5]) + (f"; and {len(not_images) - 5} more" if len(not_images) > 5 else "")
             print(f"{folder}: {len(not_images)} file(s) that are not images left out, as `stylepipe resize` "
-                  f"leaves them out: {listed}", file=sys.stderr)
+                  f"leaves them out: {_first(not_images, 5)}", file=sys.stderr)
         self.size = size
 
     def __len__(self) -> int:

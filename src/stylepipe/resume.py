@@ -43,9 +43,9 @@ def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path, 
         values |= {k: tp[k] for k in STOPPING_KEYS}  # when the run stops
     if tp["max_steps"] > 0:
         del values["epochs"]  # max_steps bounds the run alone
-    h = hashlib.sha256()
     if cpu_threads is not None:
         values["cpu_threads"] = cpu_threads
+    h = hashlib.sha256()
     h.update(json.dumps(values | {"seed": seed, "processes": world_size}, sort_keys=True).encode())
     for path in files:
         h.update(hashlib.sha256(path.read_bytes()).digest())
