@@ -62,6 +62,19 @@ def test_style_overrides_apply_to_one_style(tmp_path):
         # the thread count changes CPU-trained weights, so both runners track it: it must be there
         (lambda p: p["resources"]["train"].pop("cpus_per_task"), "key resources.train.cpus_per_task is missing"),
         (lambda p: p.pop("resources"), "key resources.train.cpus_per_task is missing"),
+        # names that become file names and command-line values: a hidden file, an option
+        (lambda p: p["data"]["eval"][0].update(name=".x"), "key data.eval.0.name: '.x' does not match"),
+        (lambda p: p["styles"].update({"-x": {"generate": "waves"}}), "not starting with -"),
+        (lambda p: p["styles"].update({True: {"generate": "waves"}}), "a style name reads as true"),
+        # a misspelt step would leave that step with the default resources
+        (lambda p: p["resources"].update(stylise={"gpu": 1}), "unknown key resources.stylise"),
+        (lambda p: p["loss_network"].update(url="notaurl"), "key loss_network.url: 'notaurl' does not match"),
+        (lambda p: p["data"].update(content={"url": "https://example.org/c.zip", "md5": "a" * 64}),
+         "key data.content.md5: 'aaaa"),
+        # evaluation images: checked when the params are read, not when `fetch eval` runs
+        (lambda p: p["data"]["eval"].append(dict(p["data"]["eval"][0])), "is used twice"),
+        (lambda p: p["data"]["eval"].__setitem__(0, {"name": "x", "file": "no/such/e.jpg"}),
+         "key data.eval[0] (x).file: no/such/e.jpg does not exist"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, key):
@@ -177,6 +190,13 @@ def test_a_count_written_as_a_float_is_refused_naming_the_key(tmp_path, key, tex
     path = _params_with(tmp_path, key, text)
     with pytest.raises(ParamsError, match=rf"key {key}: .*not of type 'integer' \(write a whole number .*\)"):
         load_params([path])
+
+
+@pytest.mark.parametrize("key, text", [("train.lr", "0.0"), ("train.content_weight", "-1.0")])
+def test_a_float_out_of_range_gets_no_whole_number_hint(tmp_path, key, text):
+    with pytest.raises(ParamsError, match=rf"key {key}: ") as err:
+        load_params([_params_with(tmp_path, key, text)])
+    assert "whole number" not in str(err.value)
 
 
 @pytest.mark.parametrize("key, text", [("train.lr", ".nan"), ("train.style_weight", ".inf"),

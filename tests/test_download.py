@@ -246,6 +246,13 @@ def test_cli_requires_a_checksum_and_reports_errors(server, tmp_path, capsys):
     assert "HTTP 404" in capsys.readouterr().err
 
 
+def test_a_sha256_given_as_md5_is_refused_before_any_request(server, tmp_path, capsys):
+    Handler.requests.clear()
+    assert cli(["download", f"{server}/ok/data.bin", "--output", str(tmp_path / "x"), "--md5", SHA256]) == 2
+    assert "is not 8 to 32 hex digits (64 digits: a sha256? give it with --sha256)" in capsys.readouterr().err
+    assert Handler.requests == [] and not list(tmp_path.iterdir())
+
+
 def test_a_file_larger_than_the_free_space_is_refused_before_any_byte(server, tmp_path):
     with pytest.raises(DownloadError, match=r"1,152,921,504.6 GB still to download into .*data.bin.part, but only "
                                             r".* are free on that disk: free space there, then run again"):

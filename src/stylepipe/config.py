@@ -147,12 +147,16 @@ _NUMBER_LIKE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def _hint(error: "jsonschema.ValidationError") -> str:
+    if error.validator == "pattern" and "description" in error.schema:
+        return f" ({error.schema['description']})"
     # every unquoted number is read as one (ParamsLoader), so this one was quoted
     if isinstance(error.instance, str) and _NUMBER_LIKE.match(error.instance):
         return " (a number in quotes is text: remove the quotes)"
     if isinstance(error.instance, float) and not math.isfinite(error.instance):
         return " (.nan and .inf are no values here: give a finite number)"
-    if isinstance(error.instance, float) and error.instance.is_integer():
+    expected = error.schema.get("type", [])
+    if (isinstance(error.instance, float) and error.instance.is_integer()
+            and "integer" in ([expected] if isinstance(expected, str) else expected)):
         return f" (write a whole number without a dot or an exponent: {int(error.instance)})"
     return ""
 
@@ -221,8 +225,12 @@ def validate(params: Mapping, source: str = "params") -> None:
 
     train_schema = {"$defs": schema["$defs"], **schema["$defs"]["train_overridable"]}
     source_schema = {"$defs": schema["$defs"], **schema["$defs"]["image_source"]}
-    resources_schema = schema["properties"]["resources"]["additionalProperties"]
+    resources_schema = {"$defs": schema["$defs"], **schema["$defs"]["step_resources"]}
     for name, entry in params["styles"].items():
+        if isinstance(name, bool):
+            # YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans
+            raise ParamsError(f"{source}: key styles: a style name reads as {str(name).lower()} (YAML's reading of an "
+                              "unquoted yes, no, on, off, true or false); quote the name, e.g. 'on':")
         if not isinstance(name, str):
             # YAML reads an unquoted 1 or 2024 as a number; file names and Snakemake wildcards need text
             raise ParamsError(f"{source}: key styles: style name {name!r} is a number; quote it: '{name}':")
@@ -272,9 +280,24 @@ def validate(params: Mapping, source: str = "params") -> None:
             "threads, and on a CPU its weights depend on the count, so both runners track it; add it, e.g. "
             "resources: {train: {cpus_per_task: 8}}"
         )
+    _check_eval(params["data"]["eval"], source)
     content = params["data"]["content"]
     if "folder" in content and not Path(content["folder"]).is_dir():
         raise ParamsError(f"{source}: key data.content.folder: folder {content['folder']} does not exist")
+
+
+def _check_eval(items: list, source: str) -> None:
+    """Evaluation images: one file per name, and the local files there (else only `fetch eval` would tell)."""
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        name = item["name"]
+        if name in seen:
+            raise ParamsError(f"{source}: key data.eval[{i}].name: {name!r} is used twice; each evaluation "
+                              "image is saved as <name>.png, so give every one its own name")
+        seen.add(name)
+        if "file" in item and not Path(item["file"]).is_file():
+            raise ParamsError(f"{source}: key data.eval[{i}] ({name}).file: {item['file']} does not exist; "
+                              "fix the path or give a url instead")
 
 
 def check_train_values(tp: dict) -> None:

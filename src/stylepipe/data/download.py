@@ -48,7 +48,8 @@ from stylepipe.io import DISK_FULL
 CHUNK = 1 << 20
 DOWNLOAD_CACHE = Path("scratch/downloads")
 DOWNLOAD_CACHE_VARIABLE = "STYLEPIPE_DOWNLOADS"
-_HEX = re.compile(r"^[0-9a-fA-F]{8,64}$")
+# a checksum, or a prefix of it of 8 digits or more
+DIGITS = {"md5": 32, "sha256": 64}
 
 
 class DownloadError(RuntimeError):
@@ -107,8 +108,9 @@ def _checksum(md5: str | None, sha256: str | None) -> tuple[str, str] | None:
     algo, expected = ("md5", md5) if md5 else ("sha256", sha256) if sha256 else (None, None)
     if algo is None:
         return None
-    if not _HEX.match(expected):
-        raise ValueError(f"{algo} {expected!r} is not 8 to 64 hex digits")
+    if not re.fullmatch(rf"[0-9a-fA-F]{{8,{DIGITS[algo]}}}", expected):
+        other = " (64 digits: a sha256? give it with --sha256)" if algo == "md5" and len(expected) == 64 else ""
+        raise ValueError(f"{algo} {expected!r} is not 8 to {DIGITS[algo]} hex digits{other}")
     return algo, expected.lower()
 
 

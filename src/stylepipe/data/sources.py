@@ -145,11 +145,7 @@ EVAL_MARK = ".stylepipe-eval"
 
 
 def fetch_eval(params: Mapping, output: Path, downloads: Path | None = None) -> Path:
-    items = params["data"]["eval"]
-    names = [item["name"] for item in items]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SourceError(f"key data.eval: names must be unique, repeated: {', '.join(duplicates)}")
+    items = params["data"]["eval"]  # validated: one file per name (config.validate)
     # a previous evaluation set carries our mark: a folder of someone's PNGs is not ours to replace
     target = atomic_directory(output, what="evaluation set", ours=lambda path: (path / EVAL_MARK).is_file())
     try:
