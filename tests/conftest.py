@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,24 @@ import yaml
 from stylepipe.config import deep_merge, load_params
 
 REPO = Path(__file__).resolve().parents[1]
+
+# What Snakemake needs to plan the pipeline: the Snakefile, its rules and report captions, and each step's
+# source files (inputs of its rule), which dvc.yaml lists
+WORKFLOW = ("Snakefile", "workflow", "report", "dvc.yaml", "src")
+
+
+def copy_checkout(root: Path, names: tuple[str, ...] = WORKFLOW) -> Path:
+    """``names`` of this repository copied into ``root``: links as links, without caches or build metadata."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = REPO / name
+        if src.is_symlink():
+            os.symlink(os.readlink(src), root / name)
+        elif src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, root / name)
+    return root
 
 # Overrides of config/demo.yaml + config/offline.yaml that shrink every step.
 TINY = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_params_dict
+from conftest import copy_checkout, tiny_params_dict
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 def _workflow_copy(root: Path) -> Path:
-    for name in ("Snakefile", "workflow", "report"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    return root
+    return copy_checkout(root)
 
 
 def _dry_run(root: Path, params: dict) -> subprocess.CompletedProcess:

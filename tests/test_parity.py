@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from stylepipe.cli import COMMANDS
+from stylepipe.config import canonical
 from conftest import REPO
 
 SNAKEMAKE_JOBS = r"""
@@ -141,26 +142,32 @@ def test_same_params(snakemake_jobs, dvc_stages):
         tracked = snakemake_jobs[name]["tracked"]
         assert tracked is not None, f"{name}: Snakemake rule has no params.tracked"
         assert sorted(tracked) == sorted(stage["params"]), name
-        assert tracked == stage["params"], name
+        # as Snakemake records them: a canonical text of the values DVC reads
+        assert tracked == {key: canonical(value) for key, value in stage["params"].items()}, name
 
 
 def test_same_inputs_and_source_deps(snakemake_jobs, dvc_stages):
     for name, stage in dvc_stages.items():
-        src = [d for d in stage["deps"] if d.startswith("src/")]
-        data = [d for d in stage["deps"] if not d.startswith("src/")]
+        deps = stage["deps"]
         inputs = snakemake_jobs[name]["input"]
-        # the same data, though DVC may name a folder where Snakemake lists its files
+        # the same data and source files, though DVC may name a folder where Snakemake lists its files
         for path in inputs:
-            assert any(_covers(dep, path) for dep in data), f"{name}: Snakemake input {path} not a DVC dep"
-        for dep in data:
+            assert any(_covers(dep, path) for dep in deps), f"{name}: Snakemake input {path} not a DVC dep"
+        for dep in deps:
             assert any(_covers(dep, path) for path in inputs), f"{name}: DVC dep {dep} not a Snakemake input"
         # the stage depends on the module that runs its command, and those files exist
+        src = [d for d in deps if d.startswith("src/")]
         command = stage["cmd"].split()[1]
         module = "src/" + COMMANDS[command][0].replace(".", "/")
         module_file = module if (REPO / module).is_dir() else module + ".py"  # a package: its whole folder
         assert any(_covers(dep, module_file) for dep in src), f"{name}: {module_file} not among its deps"
         for dep in src:
             assert (REPO / dep).exists(), f"{name}: dependency {dep} does not exist"
+        # a folder of code: Snakemake watches each of its files (a folder's time changes only when files come or go)
+        for dep in src:
+            if (REPO / dep).is_dir():
+                files = {str(f.relative_to(REPO)) for f in (REPO / dep).rglob("*.py")}
+                assert files and files <= set(inputs), f"{name}: {dep}'s files are not all Snakemake inputs"
 
 
 def test_commands_read_no_shell_globs(dvc_stages):
@@ -175,5 +182,5 @@ def test_report_follows_the_style_list(snakemake_jobs, dvc_stages):
     # command takes the style list from the params files it is given
     styles = sorted(name.split("@")[1] for name in dvc_stages if name.startswith("train@"))
     assert sorted(dvc_stages["report"]["params"]["styles"]) == styles
-    assert sorted(snakemake_jobs["report"]["tracked"]["styles"]) == styles
+    assert sorted(json.loads(snakemake_jobs["report"]["tracked"]["styles"])) == styles
     assert "--params params.yaml" in dvc_stages["report"]["cmd"]

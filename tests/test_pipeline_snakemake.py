@@ -22,11 +22,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, tiny_params_dict
+from conftest import REPO, WORKFLOW, copy_checkout, tiny_params_dict
 from stylepipe.config import deep_merge
 
 BIN = Path(sys.executable).parent
-PIPELINE_FILES = ("Snakefile", "workflow", "report", "dvc.yaml", ".dvcignore", ".gitignore", "src")
+PIPELINE_FILES = (*WORKFLOW, ".dvcignore", ".gitignore")
 DONE = ".snakemake-run-done"
 
 
@@ -49,13 +49,7 @@ def sh(root: Path, *cmd: str, check: bool = True, env: dict | None = None) -> su
 
 def make_workspace(root: Path, params: dict) -> Path:
     """A fresh git + DVC repository with the pipeline files and ``params`` as params.yaml."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in PIPELINE_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(src, root / name)
+    copy_checkout(root, PIPELINE_FILES)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(root, "git", "init", "-q")
     sh(root, "dvc", "init", "-q")
@@ -284,3 +278,30 @@ def test_the_training_thread_count_reruns_training_and_other_resources_do_not(ru
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(work, "snakemake", "-n").stdout
     assert job_counts(out) == {"train": "2", "stylize": "2", "evaluate": "2", "report": "1", "all": "1"}, out[-3000:]
+
+
+def test_editing_a_steps_code_reruns_that_step(run, tmp_path):
+    """Each rule's inputs hold the source files of its dvc.yaml stage: an edit reruns what DVC reruns."""
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    with open(work / "src/stylepipe/report.py", "a") as f:
+        f.write("\n# edited\n")
+    assert job_counts(sh(work, "snakemake", "-n").stdout) == {"report": "1", "all": "1"}
+    with open(work / "src/stylepipe/losses.py", "a") as f:  # training's and evaluation's
+        f.write("\n# edited\n")
+    out = sh(work, "snakemake", "-n").stdout
+    assert job_counts(out) == {"train": "2", "stylize": "2", "evaluate": "2", "report": "1", "all": "1"}, out[-3000:]
+
+
+def test_the_same_values_written_otherwise_rerun_nothing(run, tmp_path):
+    """Snakemake compares recorded params as text: keys in another order, or 1 as 1.0, are no change."""
+    work = tmp_path / "copy"
+    shutil.copytree(run, work, symlinks=True)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"] = dict(reversed(params["train"].items()))
+    assert params["train"]["tv_weight"] == 0.0 and isinstance(params["train"]["tv_weight"], float)
+    params["train"]["tv_weight"] = 0  # as `dvc exp run -S train.tv_weight=0` writes it
+    text = yaml.safe_dump(params, sort_keys=False)
+    assert text != (work / "params.yaml").read_text()
+    (work / "params.yaml").write_text(text)
+    assert "Nothing to be done" in sh(work, "snakemake", "-n").stdout

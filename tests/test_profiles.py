@@ -16,26 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, WORKFLOW, copy_checkout
 from slurm_cluster import run_limited
 
 BIN = Path(sys.executable).parent
-CHECKOUT = ("Snakefile", "workflow", "report", "profiles", "slurm", "params.yaml", "config")
+CHECKOUT = (*WORKFLOW, "profiles", "slurm", "params.yaml", "config")
 STYLES = list(yaml.safe_load((REPO / "params.yaml").read_text())["styles"])
 
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("checkout")
-    for name in CHECKOUT:
-        src = REPO / name
-        if src.is_symlink():
-            os.symlink(os.readlink(src), root / name)
-        elif src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, root / name)
-    return root
+    return copy_checkout(tmp_path_factory.mktemp("checkout"), CHECKOUT)
 
 
 def dry_run(root: Path, *args: str, env: dict | None = None) -> str:

@@ -24,14 +24,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, tiny_params_dict
+from conftest import REPO, WORKFLOW, copy_checkout, tiny_params_dict
 from slurm_cluster import cancel_jobs_of, job_record, require_cluster, run_limited
 
 # a pipeline on a real cluster takes minutes: CI runs it with the other slow tests
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ("Snakefile", "workflow", "report", "profiles")
+WORKFLOW_FILES = (*WORKFLOW, "profiles")
 TINY_STYLES = sorted(tiny_params_dict()["styles"])
 # status checks every few seconds instead of the plugin's 40 s: the jobs here take seconds
 FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2")
@@ -53,12 +53,7 @@ def slurm_params() -> dict:
 
 
 def workspace(root: Path, params: dict) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(REPO / name, root / name)
+    copy_checkout(root, WORKFLOW_FILES)
     (root / "slurm").symlink_to("profiles/slurm")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root

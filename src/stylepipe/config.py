@@ -15,6 +15,7 @@ removed.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from importlib import resources
@@ -312,6 +313,18 @@ def check_train_values(tp: dict) -> None:
         raise ValueError(f"train.early_stopping_patience is set but train.val_check_interval "
                          f"({tp['val_check_interval']}) exceeds train.max_steps ({tp['max_steps']}): the run would "
                          "never validate, so never stop early; lower val_check_interval or set the patience to null")
+
+
+def canonical(value: Any) -> str:
+    """``value`` as text that two equal values share: keys sorted, every number a float (``0`` is ``0.0``)."""
+    def numbers_as_floats(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): numbers_as_floats(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [numbers_as_floats(x) for x in v]
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    return json.dumps(numbers_as_floats(value), sort_keys=True)
 
 
 def style_names(params: Mapping) -> list[str]:

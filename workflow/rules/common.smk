@@ -3,10 +3,13 @@
 
 import os
 import re
+from pathlib import Path
+
+import yaml
 
 from snakemake.exceptions import WorkflowError
 
-from stylepipe.config import ParamsError, load_params, style_names, style_resources, train_params
+from stylepipe.config import ParamsError, canonical, load_params, style_names, style_resources, train_params
 
 
 def _relative(path):
@@ -58,6 +61,26 @@ TRACKED = {
 }
 
 
+def _source_files(stage):
+    """The stylepipe source files a step's output depends on: the `src/` deps of its dvc.yaml stage.
+
+    One list for both runners, so that editing a step's code reruns that step under
+    Snakemake as under DVC (Snakemake by the files' modification times). A folder
+    counts as its Python files: a folder's own time changes only when files come or go.
+    """
+    stage = _DVC_STAGES[stage]
+    files = []
+    for dep in stage.get("do", stage)["deps"]:
+        if dep.startswith("src/"):
+            path = Path(dep)
+            files += sorted(str(f) for f in path.rglob("*.py")) if path.is_dir() else [dep]
+    return files
+
+
+_DVC_STAGES = yaml.safe_load(Path(workflow.basedir, "dvc.yaml").read_text())["stages"]
+CODE = {step: _source_files(step) for step in TRACKED}
+
+
 def lookup_key(dotted):
     value = config
     for part in dotted.split("."):
@@ -75,7 +98,9 @@ def tracked(step):
     def values(wildcards):
         style = getattr(wildcards, "style", None)
         keys = [key.format(style=style) for key in TRACKED[step]]
-        return {key: lookup_key(key) for key in keys}
+        # Snakemake compares what it recorded by its text: in a canonical form, the same values
+        # written in another key order, or 0 as 0.0, are no change (as to DVC)
+        return {key: canonical(lookup_key(key)) for key in keys}
 
     return values
 

@@ -4,6 +4,8 @@
 
 
 rule fetch_content:
+    input:
+        code=CODE["fetch_content"],
     output:
         "data/raw/content.zip",
     log:
@@ -15,6 +17,8 @@ rule fetch_content:
 
 
 rule fetch_eval:
+    input:
+        code=CODE["fetch_eval"],
     output:
         directory("data/eval"),
     log:
@@ -26,6 +30,8 @@ rule fetch_eval:
 
 
 rule fetch_style:
+    input:
+        code=CODE["fetch_style"],
     output:
         "data/styles/{style}.png",
     log:
@@ -37,6 +43,8 @@ rule fetch_style:
 
 
 rule fetch_loss_network:
+    input:
+        code=CODE["fetch_loss_network"],
     output:
         "data/models/vgg16_features.pth",
     log:
@@ -49,7 +57,8 @@ rule fetch_loss_network:
 
 rule resize:
     input:
-        "data/raw/content.zip",
+        content="data/raw/content.zip",
+        code=CODE["resize"],
     output:
         directory("data/resized"),
     log:
@@ -65,4 +74,4 @@ rule resize:
         runtime=resource("resize", "runtime"),
         cpus_per_task=resource("resize", "cpus_per_task"),
     shell:
-        "stylepipe resize --input {input} --output {output} --size {params.size} --workers {params.workers} > {log} 2>&1"
+        "stylepipe resize --input {input.content} --output {output} --size {params.size} --workers {params.workers} > {log} 2>&1"

@@ -7,6 +7,7 @@ rule train:
         data="data/resized",
         style_image="data/styles/{style}.png",
         loss_network="data/models/vgg16_features.pth",
+        code=CODE["train"],
     output:
         model="results/models/{style}.pth",
         onnx="results/models/{style}.onnx",
@@ -50,6 +51,7 @@ rule stylize:
     input:
         model="results/models/{style}.pth",
         images="data/eval",
+        code=CODE["stylize"],
     output:
         report(
             directory("results/stylized/{style}"),
@@ -88,6 +90,7 @@ rule evaluate:
         style_image="data/styles/{style}.png",
         loss_network="data/models/vgg16_features.pth",
         summary="results/train/{style}/summary.json",
+        code=CODE["evaluate"],
     output:
         metrics=report(
             "results/metrics/{style}.json",
@@ -126,6 +129,7 @@ rule report:
         style_images=expand("data/styles/{style}.png", style=sorted(STYLES)),
         curves=expand("results/train/{style}/curves.csv", style=sorted(STYLES)),
         val_curves=expand("results/train/{style}/val_curves.csv", style=sorted(STYLES)),
+        code=CODE["report"],
     output:
         metrics=report("results/metrics.json", caption="../../report/metrics.rst", category="Metrics"),
         gallery=report("results/gallery.png", caption="../../report/gallery.rst", category="Gallery"),
