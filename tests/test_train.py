@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,7 +241,8 @@ def test_a_finished_run_started_again_rewrites_the_same_bytes(setup, steps):
     # and its data loader's position was read back from it
     cmd = variant(setup, f"again{steps}", max_steps=steps)
     train(setup, f"again{steps}", cmd)
-    outputs = ("waves.pth", "waves.onnx", "waves.ckpt", "curves.csv", "val_curves.csv")
+    # the summary too: its wall time is the training's, kept in the checkpoint
+    outputs = ("waves.pth", "waves.onnx", "waves.ckpt", "curves.csv", "val_curves.csv", "summary.json")
     first = {name: (setup / f"again{steps}" / name).read_bytes() for name in outputs}
     assert "final.ckpt" in train(setup, f"again{steps}", cmd).stderr
     assert [name for name in outputs if (setup / f"again{steps}" / name).read_bytes() != first[name]] == []
@@ -699,12 +701,51 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
     two = fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=2)
     assert two not in (base, fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=1))
     assert two == fingerprint(tp, 42, 1, *files, data=setup / "content", cpu_threads=2)
-    assert fingerprint(tp | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content") == base
+    # the rows of the curves a run writes: a finished run of other intervals is not taken for this one's
+    assert fingerprint(tp | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content") != base
+    assert fingerprint(tp | {"log_every_n_steps": 5}, 42, 1, *files, data=setup / "content") != base
+    assert fingerprint(tp | {"checkpoint_every_n_steps": 5}, 42, 1, *files, data=setup / "content") == base
     stopping = tp | {"early_stopping_patience": 2}
     patient = fingerprint(stopping, 42, 1, *files, data=setup / "content")
     assert patient != base and patient != fingerprint(stopping | {"early_stopping_patience": 3}, 42, 1, *files,
                                                       data=setup / "content")
-    assert patient != fingerprint(stopping | {"val_check_interval": 5}, 42, 1, *files, data=setup / "content")
+
+
+def test_fingerprint_sees_new_pixels_under_the_same_names(setup, tmp_path):
+    """New photos under the old names, resized again: the finished run of the old ones is not resumed."""
+    import json
+
+    from stylepipe.data.shards import ShardWriter
+    from stylepipe.resume import fingerprint
+
+    tp = yaml.safe_load((setup / "params.yaml").read_text())["train"]
+    files = (setup / "style.png", setup / "vgg16_features.pth")
+
+    def shards(value: int) -> Path:
+        folder = tmp_path / f"shards-{value}"
+        with ShardWriter(folder, 8) as writer:
+            writer.add(np.full((3, 8, 8), value, np.uint8), "a.png")
+            writer.close()
+        return folder
+
+    dark, light = shards(0), shards(255)
+    assert [s["file"] for s in json.loads((dark / "manifest.json").read_text())["shards"]] == ["shard-00000.npy"]
+    assert fingerprint(tp, 42, 1, *files, data=dark) != fingerprint(tp, 42, 1, *files, data=light)
+    # a manifest written before it held the pixels' hash: the shard files themselves are hashed
+    for folder in (dark, light):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        del manifest["shards"][0]["sha256"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert (dark / "manifest.json").read_bytes() == (light / "manifest.json").read_bytes()
+    assert fingerprint(tp, 42, 1, *files, data=dark) != fingerprint(tp, 42, 1, *files, data=light)
+    # a folder of images: a file rewritten with as many bytes
+    photos = tmp_path / "photos"
+    shutil.copytree(setup / "content", photos)
+    before = fingerprint(tp, 42, 1, *files, data=photos)
+    first = sorted(p for p in photos.iterdir() if p.is_file())[0]
+    stat = first.stat()
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert fingerprint(tp, 42, 1, *files, data=photos) != before
 
 
 def test_folder_input_reads_avif(tmp_path):

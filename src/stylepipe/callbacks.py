@@ -234,13 +234,15 @@ class Curves(Callback):
         self.val_rows: list[dict] = []  # one per validation: its step and losses
         self.images = 0  # training images seen, all processes
         self.wall_time = 0.0
+        self.stopped = False  # the training ended: its time is final
         self._start = None
         self._step = 0
         self._window: list[dict[str, torch.Tensor]] = []  # the losses of the batches of the current step
         self._pending: dict | None = None  # the last step's row when it was not written (tensors until needed)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
+        if not self.stopped:  # a finished run started again keeps its time
+            self._start = time.perf_counter()
         self._step = trainer.global_step
 
     def elapsed(self) -> float:
@@ -269,6 +271,8 @@ class Curves(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.finish(trainer)
+        # the training's time: saving, exporting and checking the model afterwards are no part of it
+        self.wall_time, self._start, self.stopped = self.elapsed(), None, True
 
     def finish(self, trainer, log: bool = True) -> None:
         """Add the last step's row if it has none. Also called after a fit that resumed at its last
@@ -298,13 +302,14 @@ class Curves(Callback):
     def state_dict(self) -> dict:
         pending = self._pending and {k: v if k == "step" else float(v) for k, v in self._pending.items()}
         return {"rows": self.rows, "val_rows": self.val_rows, "images": self.images,
-                "wall_time": self.elapsed(), "pending": pending}
+                "wall_time": self.elapsed(), "stopped": self.stopped, "pending": pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.rows = list(state.get("rows", []))
         self.val_rows = list(state.get("val_rows", []))
         self.images = int(state.get("images", 0))
         self.wall_time = float(state.get("wall_time", 0.0))
+        self.stopped = bool(state.get("stopped", False))
         self._pending = state.get("pending")
 
 

@@ -23,11 +23,12 @@ from lightning_fabric.plugins import TorchCheckpointIO
 
 from stylepipe.io import atomic_path
 
-# training values that change how a run is carried out, not what it computes (val_images is not one:
-# it decides which images train; early stopping and, with it, val_check_interval decide when the run ends)
-OPERATIONAL_KEYS = {"num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "val_check_interval",
-                    "early_stopping_patience", "devices", "num_nodes", "strategy", "accelerator"}
-STOPPING_KEYS = ("early_stopping_patience", "val_check_interval")
+# training values that change how a run is carried out, not what it computes or writes (val_images is
+# not one: it decides which images train; log_every_n_steps and val_check_interval decide the rows of the
+# curves it writes, and early stopping decides when the run ends)
+OPERATIONAL_KEYS = {"num_workers", "checkpoint_every_n_steps", "early_stopping_patience", "devices", "num_nodes",
+                    "strategy", "accelerator"}
+STOPPING_KEYS = ("early_stopping_patience",)
 
 
 def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path, cpu_threads: int | None = None) -> str:
@@ -49,16 +50,33 @@ def fingerprint(tp: dict, seed: int, world_size: int, *files: Path, data: Path, 
     h.update(json.dumps(values | {"seed": seed, "processes": world_size}, sort_keys=True).encode())
     for path in files:
         h.update(hashlib.sha256(path.read_bytes()).digest())
+    h.update(_data_identity(data))
+    return h.hexdigest()[:16]
+
+
+def _data_identity(data: Path) -> bytes:
+    """What tells the training data apart: new pixels under the same file names count.
+
+    Shards: the manifest, which holds each shard's pixel hash (shards written
+    without one are hashed here). A folder of images: each file's name, size
+    and modification time (hashing a large folder at every start would cost
+    minutes; a copied folder then restarts its run rather than resuming it).
+    """
     manifest = data / "manifest.json"
     if manifest.is_file():
-        h.update(manifest.read_bytes())
-    else:
-        from stylepipe.datamodule import list_content_files
+        h = hashlib.sha256(manifest.read_bytes())
+        for shard in json.loads(manifest.read_text()).get("shards", []):
+            if "sha256" not in shard:
+                with open(data / shard["file"], "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+        return h.digest()
+    from stylepipe.datamodule import list_content_files
 
-        for p in list_content_files(data):
-            st = p.stat()
-            h.update(f"{p.relative_to(data)}:{st.st_size}".encode())
-    return h.hexdigest()[:16]
+    h = hashlib.sha256()
+    for p in list_content_files(data):
+        st = p.stat()
+        h.update(f"{p.relative_to(data)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.digest()
 
 
 SUPERSEDED = "superseded"  # scratch/superseded/<fingerprint>/: checkpoints of earlier configurations

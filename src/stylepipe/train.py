@@ -487,7 +487,8 @@ def _summary(style: str, trainer, tp: dict, datamodule, curves) -> dict:
         "images_seen": images_seen,
         "wall_time_s": round(wall, 3),
         "images_per_s": round(images_seen / wall, 3) if wall > 0 else None,
-        "precision": str(tp["precision"]),
+        # as Lightning ran it: 16-mixed becomes bf16-mixed on a CPU
+        "precision": str(trainer.precision),
         "device": device,
         "processes": world,
         "cpu_threads": torch.get_num_threads(),  # per process; on the CPU the weights depend on it

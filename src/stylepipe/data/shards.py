@@ -15,6 +15,7 @@ shard order), ``skipped`` (``{file, reason}``), ``image_size`` and counts.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import shutil
 import tempfile
@@ -76,7 +77,9 @@ class ShardWriter:
             raise ValueError(f"{source}: expected uint8 [3, {n}, {n}], got {image.dtype} {list(image.shape)}")
         if self._file is None:
             self._open_next()
-        self._file.write(np.ascontiguousarray(image).data)
+        pixels = np.ascontiguousarray(image).data
+        self._file.write(pixels)
+        self._digest.update(pixels)
         self._count += 1
         self.images.append(source)
         if self._count == self.per_shard:
@@ -88,6 +91,7 @@ class ShardWriter:
         self._file.write(_npy_header(0, self.image_size))
         self.shards.append({"file": name, "count": 0})
         self._count = 0
+        self._digest = hashlib.sha256()
 
     def _finish_shard(self) -> None:
         self._file.seek(0)
@@ -95,6 +99,8 @@ class ShardWriter:
         self._file.close()
         self._file = None
         self.shards[-1]["count"] = self._count
+        # the pixels' hash: the manifest changes when they do (a resumed training checks it)
+        self.shards[-1]["sha256"] = self._digest.hexdigest()
 
     def close(self, **extra: Any) -> dict:
         """Finish the last shard and write the manifest (``extra`` keys are added to it)."""
