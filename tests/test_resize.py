@@ -271,9 +271,11 @@ def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_ends_with_one_line_and_leaves_nothing(tmp_path):
-    """^C in a terminal reaches the command and its worker processes: one line, status 130, no traceback
-    from any process, and neither the output nor its temporary folder is left."""
+@pytest.mark.parametrize("signum, to_group", [("SIGINT", True), ("SIGTERM", True), ("SIGTERM", False)])
+def test_ctrl_c_or_sigterm_ends_with_one_line_and_leaves_nothing(tmp_path, signum, to_group):
+    """^C in a terminal reaches the command and its worker processes, as `scancel` or a job's time limit
+    sends SIGTERM to all of them, and `kill` to the command alone: one line, status 128 + the signal,
+    no traceback from any process, and neither the output nor its temporary folder is left."""
     import os
     import signal
     import subprocess
@@ -294,11 +296,13 @@ def test_ctrl_c_ends_with_one_line_and_leaves_nothing(tmp_path):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGINT)
+    signum = getattr(signal, signum)
+    (os.killpg if to_group else os.kill)(proc.pid, signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert proc.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    assert "stylepipe resize: interrupted" in stderr
+    assert ("stylepipe resize: interrupted" if signum == signal.SIGINT else "stylepipe resize: stopped by SIGTERM") \
+        in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
 

@@ -63,6 +63,16 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (a cluster's time limit, `scancel`, `kill`): raised so that the half-written
+    outputs of a step are removed on the way out, as on ^C. A BaseException, like
+    KeyboardInterrupt: the handlers that skip a bad input and go on must not catch it."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"stylepipe {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    if name != "train":  # training checkpoints on SIGTERM, and resumes from there (train.py)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(module.main(args) or 0)
     except USER_ERRORS as err:
@@ -87,3 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         # every output is written whole or not at all, so what is there is complete
         print(f"stylepipe {name}: interrupted (^C); outputs not yet finished were not written", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Terminated:
+        if os.environ.get("STYLEPIPE_TRACEBACK"):
+            raise
+        print(f"stylepipe {name}: stopped by SIGTERM; outputs not yet finished were not written", file=sys.stderr)
+        return 128 + signal.SIGTERM

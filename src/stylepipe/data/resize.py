@@ -246,6 +246,8 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
     # ^C reaches every process of the terminal's group: the parent stops the pool, the workers say nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # and the pool stops its workers with SIGTERM: they end at once, as workers do (not as the command)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def resize_folder(
