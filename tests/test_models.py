@@ -166,6 +166,22 @@ def test_missing_model_file_names_it(tmp_path):
         load_transformer(tmp_path / "nothere.pth")
 
 
+def test_weights_that_are_not_numbers_are_refused_naming_the_file(tmp_path, capsys):
+    """NaN weights (a diverged training) would stylize every image black, and exit 0."""
+    from stylepipe import cli
+
+    state = TransformerNet().state_dict()
+    state["conv1.conv2d.weight"][0, 0, 0, 0] = float("nan")
+    state["res1.conv1.conv2d.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match=r"nan.pth: 2 of its weights are NaN or infinite"):
+        load_transformer(tmp_path / "nan.pth")
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    assert cli.main(["stylize", "--model", str(tmp_path / "nan.pth"), "--output", str(tmp_path / "out.png"),
+                     str(tmp_path / "in.png")]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err and not (tmp_path / "out.png").exists()
+
+
 def test_onnx_export_matches_pytorch_with_onnxruntime(tmp_path):
     import onnxruntime as ort
 

@@ -482,3 +482,18 @@ def test_input_sizes_come_from_the_header_and_honour_an_orientation_anywhere(tmp
     assert oriented_size(tmp_path / "before.png") == (40, 60)
     assert decoded == []
     assert oriented_size(tmp_path / "after.png") == (40, 60)  # found by decoding, as before
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_the_size_from_the_header_is_the_upright_images(tmp_path, suffix, orientation):
+    """Pillow's TIFF reader turns a TIFF as it opens it (its size is already upright); the others do not."""
+    from stylepipe.data.images import load_rgb_and_alpha
+    from stylepipe.stylize.inputs import oriented_size
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"turned{suffix}"
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(path, exif=exif)
+    rgb, _ = load_rgb_and_alpha(path)
+    assert oriented_size(path) == rgb.size == ((60, 40) if orientation == 3 else (40, 60))

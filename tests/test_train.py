@@ -711,6 +711,14 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
                                                       data=setup / "content")
 
 
+def test_a_diverging_run_stops_naming_the_step_and_what_to_change(setup):
+    result = subprocess.run(variant(setup, "diverge", lr=1e30, log_every_n_steps=1), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.search(r"error: the training loss is (nan|inf) at step \d+: the run diverged", result.stderr)
+    assert "Traceback" not in result.stderr and not (setup / "diverge" / "waves.pth").exists()
+
+
 def test_fingerprint_sees_new_pixels_under_the_same_names(setup, tmp_path):
     """New photos under the old names, resized again: the finished run of the old ones is not resumed."""
     import json

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import signal
 import sys
 import threading
@@ -283,6 +284,13 @@ class Curves(Callback):
 
     def _add_row(self, trainer, row: dict, log: bool = True) -> None:
         row = {k: (v if k == "step" else float(v)) for k, v in row.items()}
+        if not math.isfinite(row["total_loss"]):
+            # checked where the row's values reach the host anyway: no extra device sync per step
+            raise ValueError(
+                f"the training loss is {row['total_loss']} at step {row['step']}: the run diverged, and its "
+                "weights would stylize nothing; lower train.lr (or the loss weights), or train in 32-true "
+                "precision if it ran in 16-mixed"
+            )
         self.rows.append(row)
         if log:
             log_scalars(trainer, {**{f"train/{k}": row[k] for k in LOSS_NAMES}, "lr": row["lr"]}, row["step"])

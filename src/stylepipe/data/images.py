@@ -410,6 +410,8 @@ def _png_metadata_after_pixels(image: Image.Image) -> bool:
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) as displayed, after the EXIF orientation, from the header alone."""
+    if image.format == "TIFF":
+        return image.size  # Pillow's TIFF reader gives the size after the orientation (and turns as it loads)
     w, h = image.size
     return (h, w) if _exif_orientation(image) in _QUARTER_TURNS else (w, h)
 

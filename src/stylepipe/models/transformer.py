@@ -223,5 +223,10 @@ def load_transformer(path: str | Path, map_location: str | torch.device = "cpu")
     if wrong:
         raise ValueError(f"{path}: not a {what} (wrong shape or type for {', '.join(wrong[:3])}"
                          f"{', ...' if len(wrong) > 3 else ''}); {MODEL_FIX}")
+    broken = sum(int((~torch.isfinite(v)).sum()) for v in state.values() if v.is_floating_point())
+    if broken:
+        # such a network turns every pixel black (NaN clamps to 0)
+        raise ValueError(f"{path}: {broken} of its weights are NaN or infinite (a training that diverged); "
+                         "retrain it, with a lower train.lr or in 32-true precision")
     net.load_state_dict(state, strict=True)
     return net.eval()
