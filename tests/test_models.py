@@ -166,6 +166,13 @@ def test_missing_model_file_names_it(tmp_path):
         load_transformer(tmp_path / "nothere.pth")
 
 
+@pytest.mark.parametrize("content", [b"hello world\n", b"junk\n"])
+def test_a_file_that_is_not_pytorch_s_says_so(tmp_path, content):
+    (tmp_path / "m.pth").write_bytes(content)
+    with pytest.raises(ValueError, match=r"m.pth: not a TransformerNet state_dict \(not a PyTorch file: corrupt or"):
+        load_transformer(tmp_path / "m.pth")
+
+
 def test_weights_that_are_not_numbers_are_refused_naming_the_file(tmp_path, capsys):
     """NaN weights (a diverged training) would stylize every image black, and exit 0."""
     from stylepipe import cli

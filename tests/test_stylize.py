@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,25 @@ def test_globs_and_errors(images):
     assert [p.name for p in expand_inputs([str(images / "*.png")])] == ["a.png", "c.png", "d.png"]
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         expand_inputs([str(images / "nothing-here*.png")])
+
+
+def test_inputs_once_each_an_empty_one_refused_and_non_images_named(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(images)
+    # one file, named relatively and absolutely: stylized once (two outputs of one name would be refused)
+    assert expand_inputs(["a.png", str(images / "a.png"), "*.png"]) == [Path("a.png"), Path("c.png"), Path("d.png")]
+    # Path("") is "."; an unset shell variable must not stylize the working directory
+    with pytest.raises(ValueError, match="an input is empty"):
+        expand_inputs([""])
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"")
+    (folder / "b.heic").write_bytes(b"")
+    (folder / "notes").write_bytes(b"")
+    capsys.readouterr()
+    assert expand_inputs([folder]) == [folder / "a.jpg"]
+    err = capsys.readouterr().err
+    assert "left out 2 file(s) that are not images by their suffix" in err
+    assert str(folder / "b.heic") in err and str(folder / "notes") in err
 
 
 def test_preserve_color_keeps_content_chroma():

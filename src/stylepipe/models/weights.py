@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -31,6 +32,9 @@ def _load_failure(err: Exception) -> str:
                 "trust its source, save its .state_dict() instead) or another program's training checkpoint")
     if "WeightsUnpickler" in text or "Weights only load failed" in text:
         return "not a PyTorch weights file: corrupt or another kind of file"
+    if isinstance(err, (KeyError, pickle.UnpicklingError)) or "invalid load key" in text:
+        # the legacy format's reader takes the first bytes for a magic number it does not know
+        return "not a PyTorch file: corrupt or another kind of file"
     if "central directory" in text or "PytorchStreamReader" in text:
         return "damaged or truncated PyTorch file"
     return "unreadable: " + text.split("\n")[0][:200]

@@ -9,6 +9,8 @@ output.
 from __future__ import annotations
 
 import glob
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,7 +27,11 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     writes a ``._name.jpg`` metadata file beside each image on other file systems.
     """
     found: list[Path] = []
+    left_out: list[Path] = []
     for item in inputs:
+        if not str(item).strip():
+            # Path("") is the working directory: an unset shell variable would stylize whatever is there
+            raise ValueError("an input is empty (an unset variable?); give an image file, a folder or a glob")
         path = Path(item)
         if path.is_file():
             found.append(path)
@@ -38,7 +44,16 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         if not matches:
             raise FileNotFoundError(f"{item}: no images found ({_why_no_images(path, candidates)})")
         found.extend(matches)
-    return list(dict.fromkeys(found))
+        left_out.extend(p for p in candidates if p.suffix.lower() not in IMAGE_SUFFIXES)
+    if left_out:
+        names = ", ".join(str(p) for p in left_out[:5]) + (f", and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        print(f"stylepipe: left out {len(left_out)} file(s) that are not images by their suffix: {names} (images are "
+              f"read from {', '.join(sorted(IMAGE_SUFFIXES))} files; name a file to try it)", file=sys.stderr)
+    # one file named twice, or two ways (a relative and an absolute path): stylized once
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def _why_no_images(path: Path, candidates: Sequence[Path]) -> str:
