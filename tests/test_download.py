@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 import time
@@ -31,6 +32,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     requests: list[tuple[str, str | None]] = []
     dropped: set[str] = set()
+    healed = False  # /always-drop serves whole files again
+    if_range: list[str | None] = []
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -47,7 +50,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404, "Not Found")
             return
+        Handler.if_range.append(self.headers.get("If-Range"))
+        etag = '"' + hashlib.md5(body).hexdigest() + '"'
         honour_range = not self.path.startswith("/norange")
+        if self.headers.get("If-Range") not in (None, etag):
+            honour_range = False  # the file changed since the client's copy began: all of it (RFC 9110)
         start = 0
         if honour_range and self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
@@ -58,12 +65,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
+            if "wrongrange" in self.path:  # a broken server: the whole file, called a range
+                start = 0
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
+        self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        drop = self.path.startswith("/always-drop") or (
+        drop = ("always-drop" in self.path and not Handler.healed) or (
             self.path.startswith(("/drop", "/norange")) and self.path not in Handler.dropped
         )
         if drop:
@@ -89,6 +99,9 @@ def server():
 def _reset():
     Handler.requests.clear()
     Handler.dropped.clear()
+    Handler.if_range.clear()
+    Handler.healed = False
+    Handler.files["data.bin"] = PAYLOAD
 
 
 def test_plain_download_verifies_sha256_prefix(server, tmp_path):
@@ -111,11 +124,47 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     assert Handler.requests[1][1] is not None  # it asked for a range, got the whole file
 
 
-def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
+def test_a_part_of_unknown_origin_is_downloaded_again(server, tmp_path, capsys):
+    """Only a .part this program began for the same URL is resumed: bytes of another file would be kept."""
     (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:1000])
     download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
-    assert Handler.requests == [("/ok/data.bin", "bytes=1000-")]
+    assert Handler.requests == [("/ok/data.bin", None)]
+    assert "data.bin.part is of unknown origin; starting over" in capsys.readouterr().err
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+
+
+def test_a_part_of_another_url_is_downloaded_again(server, tmp_path, capsys):
+    with pytest.raises(DownloadError):
+        download(f"{server}/always-drop/data.bin", tmp_path / "data.bin", sha256=SHA256, retries=0, progress=False)
+    download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert Handler.requests[-1] == ("/ok/data.bin", None)
+    assert f"is a download of {server}/always-drop/data.bin; starting over" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
+
+
+def test_a_file_changed_upstream_since_the_part_began_is_downloaded_whole(server, tmp_path):
+    """The resume asks for the rest only of the version the .part began (If-Range with its ETag); a style
+    image has no checksum to catch two versions glued together."""
+    with pytest.raises(DownloadError):
+        download(f"{server}/always-drop/data.bin", tmp_path / "data.bin", retries=0, progress=False)
+    newer = PAYLOAD[::-1]
+    Handler.files["data.bin"], Handler.healed = newer, True
+    download(f"{server}/always-drop/data.bin", tmp_path / "data.bin", progress=False)
+    assert Handler.if_range[-1] == '"' + MD5 + '"'
+    assert (tmp_path / "data.bin").read_bytes() == newer
+
+
+def test_a_range_answered_from_another_byte_is_not_appended(server, tmp_path):
+    with pytest.raises(DownloadError):
+        download(f"{server}/wrongrange-always-drop/data.bin", tmp_path / "data.bin", retries=0, progress=False)
+    Handler.healed = True
+    download(f"{server}/wrongrange-always-drop/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+
+
+def test_an_unsupported_url_scheme_fails_at_once(tmp_path, capsys):
+    assert cli(["download", "htp://example.org/f.bin", "--output", str(tmp_path / "f"), "--md5", MD5]) == 2
+    assert "htp://example.org/f.bin: unsupported URL scheme 'htp'; give an https://" in capsys.readouterr().err
 
 
 def test_giving_up_keeps_the_part_for_the_next_run(server, tmp_path):
@@ -125,13 +174,24 @@ def test_giving_up_keeps_the_part_for_the_next_run(server, tmp_path):
     assert not (tmp_path / "data.bin").exists()
     kept = (tmp_path / "data.bin.part").stat().st_size
     assert 0 < kept < len(PAYLOAD)
-    download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
-    assert Handler.requests[-1] == ("/ok/data.bin", f"bytes={kept}-")
+    Handler.healed = True
+    download(f"{server}/always-drop/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
+    assert Handler.requests[-1] == ("/always-drop/data.bin", f"bytes={kept}-")
+    assert Handler.if_range[-1] == '"' + MD5 + '"'  # the rest of the version it began
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]  # nor its record
+
+
+def _part_of(url: str, part: Path, content: bytes) -> None:
+    """The .part an earlier run left, with its record of what it is a download of."""
+    from stylepipe.data.download import _source_record
+
+    part.write_bytes(content)
+    _source_record(part).write_text(json.dumps({"url": url, "validator": None}))
 
 
 def test_complete_part_is_verified_not_refetched(server, tmp_path):
-    (tmp_path / "data.bin.part").write_bytes(PAYLOAD)  # stopped between download and rename
+    _part_of(f"{server}/ok/data.bin", tmp_path / "data.bin.part", PAYLOAD)  # stopped between download and rename
     download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
     assert Handler.requests == [("/ok/data.bin", f"bytes={len(PAYLOAD)}-")]
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
@@ -205,7 +265,7 @@ def test_cli_fetch_reports_a_wrong_cached_file_and_keeps_it(server, tmp_path, ca
 def test_complete_but_wrong_part_is_a_failed_download_and_discarded(server, tmp_path):
     # a .part is this program's own download: resumed while short (see above), and
     # once complete but wrong it is the download that failed, not a file of the user's
-    (tmp_path / "data.bin.part").write_bytes(b"x" * len(PAYLOAD))
+    _part_of(f"{server}/ok/data.bin", tmp_path / "data.bin.part", b"x" * len(PAYLOAD))
     with pytest.raises(ChecksumError, match="was discarded"):
         download(f"{server}/ok/data.bin", tmp_path / "data.bin", sha256=SHA256, progress=False)
     assert list(tmp_path.iterdir()) == []

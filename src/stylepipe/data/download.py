@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import http.client
 import os
 import re
@@ -43,7 +44,7 @@ except ImportError:  # not on Windows: downloads there are not locked
 
 from stylepipe import __version__
 from stylepipe.arguments import non_negative_int
-from stylepipe.io import DISK_FULL
+from stylepipe.io import DISK_FULL, write_json
 
 CHUNK = 1 << 20
 DOWNLOAD_CACHE = Path("scratch/downloads")
@@ -141,35 +142,85 @@ def _local_path(url: str) -> Path | None:
     return Path(urllib.request.url2pathname(parsed.path))
 
 
-def _open(url: str, offset: int, timeout: float):
+def _open(url: str, offset: int, timeout: float, validator: str | None = None):
     headers = {"User-Agent": f"stylepipe/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if validator:
+            # the rest only if the file is still the one the .part began: else the server sends it whole
+            headers["If-Range"] = validator
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _source_record(part: Path) -> Path:
+    """``NAME.part.json`` beside a partial download: its URL and the server's version of the file."""
+    return part.with_name(part.name + ".json")
+
+
+def _discard_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _source_record(part).unlink(missing_ok=True)
+
+
+def _resumable(url: str, part: Path) -> tuple[int, str | None]:
+    """(bytes to keep, the validator to resume with): 0 unless ``part`` began as a download of ``url``."""
+    if not part.exists():
+        return 0, None
+    try:
+        record = json.loads(_source_record(part).read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("url") != url:
+        began = f"a download of {record['url']}" if isinstance(record, dict) and "url" in record else "of unknown origin"
+        print(f"download {url}: {part} is {began}; starting over", file=sys.stderr)
+        _discard_part(part)
+        return 0, None
+    return part.stat().st_size, record.get("validator")
+
+
+def _validator(response) -> str | None:
+    """What identifies this version of the file for If-Range: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-")
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
     """Append the rest of ``url`` to ``part``; raises a _TRANSIENT error if cut off."""
-    offset = part.stat().st_size if part.exists() else 0
+    offset, validator = _resumable(url, part)
     try:
-        response = _open(url, offset, timeout)
+        response = _open(url, offset, timeout, validator)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
             total = (err.headers.get("Content-Range") or "").rpartition("/")[2]
             err.close()
             if total.isdigit() and int(total) == offset:
                 return  # the .part is already complete (stopped before verification)
-            part.unlink()  # longer than the file: start over
+            _discard_part(part)  # longer than the file: start over
             raise _Incomplete("range not satisfiable; restarting") from err
         raise
     with response:
         status = getattr(response, "status", None)
         if offset and status != 206:
-            offset = 0  # server (or file://) ignored the Range header: start over
+            offset = 0  # the server (or file://) ignored the Range, or the file changed (If-Range): start over
+        elif offset:
+            start = _CONTENT_RANGE.match(response.headers.get("Content-Range") or "")
+            if start and int(start[1]) == 0:
+                offset = 0  # the whole file, though as a range
+            elif start is None or int(start[1]) != offset:
+                _discard_part(part)
+                raise _Incomplete(f"asked for the bytes from {offset:,} on, the server sent "
+                                  f"{response.headers.get('Content-Range')!r}; restarting")
         length = response.headers.get("Content-Length")
         expected_total = offset + int(length) if length is not None else None
         if length is not None:
             _check_room(url, part, int(length))
+        if not offset:  # a new .part: what it is a download of, for a later run to resume it
+            write_json(_source_record(part), {"url": url, "validator": _validator(response)})
         mode = "ab" if offset else "wb"
         try:
             with open(part, mode) as out, tqdm(
@@ -238,6 +289,11 @@ def download(
     """
     output = Path(output)
     check = _checksum(md5, sha256)
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https", "file"):
+        # no retry can help: stop before waiting for one
+        raise ValueError(f"{url}: {'no' if not scheme else 'unsupported'} URL scheme{f' {scheme!r}' if scheme else ''}; "
+                         "give an https://, http:// or file:// URL")
     if extract:
         from stylepipe.data.archive import check_destination, extract_archive
 
@@ -334,12 +390,13 @@ def _download_one(url: str, output: Path, check: tuple[str, str] | None, retries
 
     ok, actual = _matches(part, check, progress)
     if not ok:
-        part.unlink()
+        _discard_part(part)
         raise ChecksumError(
             f"{url}: {check[0]} mismatch: expected {check[1]}, got {actual}. The download ({part}) was discarded "
             f"and nothing was written to {output}. If the file changed upstream, update the checksum."
         )
     os.replace(part, output)
+    _source_record(part).unlink(missing_ok=True)
     return output
 
 
