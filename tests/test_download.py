@@ -435,6 +435,22 @@ def test_archive_escaping_member_is_refused(tmp_path, kind, data):
     assert list((tmp_path / "out").iterdir()) == []  # no half-extracted temp folder
 
 
+def test_a_member_escaping_through_a_link_to_the_folder_is_refused_not_called_damaged(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        link = tarfile.TarInfo("d")
+        link.type, link.linkname = tarfile.SYMTYPE, "."
+        tf.addfile(link)
+        member = tarfile.TarInfo("d/../evil.txt")
+        member.size = 1
+        tf.addfile(member, io.BytesIO(b"x"))
+    (tmp_path / "bad.tar.gz").write_bytes(buf.getvalue())
+    with pytest.raises(ArchiveError, match="refusing a member .*nothing was extracted") as err:
+        extract_archive(tmp_path / "bad.tar.gz", tmp_path / "out" / "content", progress=False)
+    assert "damaged" not in str(err.value) and "download again" not in str(err.value)
+    assert not (tmp_path / "out" / "evil.txt").exists() and list((tmp_path / "out").iterdir()) == []
+
+
 def test_cli_extract_refuses_escaping_zip(server, tmp_path, capsys):
     Handler.files["evil.zip"] = data = _zip({"../evil.txt": b"x"})
     rc = cli(["download", f"{server}/ok/evil.zip", "--output", str(tmp_path / "content"), "--extract",

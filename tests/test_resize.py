@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zipfile
 import zlib
@@ -362,6 +363,45 @@ def test_zip_input_gives_the_same_shards_as_the_folder(resized, zipped, tmp_path
         assert (resized[0] / name).read_bytes() == (out / name).read_bytes(), name
     one = resize_folder(zipped, tmp_path / "z1", N, workers=1, per_shard=4, progress=False)
     assert one == manifest
+
+
+def _patched_zip(path: Path, members: dict[str, bytes], field: str, value: int, names: set[str]) -> None:
+    """A zip whose members ``names`` have their ``field`` (flags: bit 0 = encrypted; method) set to ``value``,
+    in the local header and the central directory, as zips made by other programs carry them."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        central = raw.find(b"PK\x01\x02")
+        for name in names:
+            local = infos[name].header_offset
+            struct.pack_into("<H", raw, local + {"flags": 6, "method": 8}[field], value)
+            entry = raw.find(b"PK\x01\x02", central)
+            while raw[entry + 46:entry + 46 + len(name)] != name.encode():
+                entry = raw.find(b"PK\x01\x02", entry + 4)
+            struct.pack_into("<H", raw, entry + {"flags": 8, "method": 10}[field], value)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("field, value, reason", [("flags", 1, "is encrypted"), ("method", 9, "not supported")])
+def test_a_zip_member_zipfile_cannot_read_is_skipped_and_listed(inputs, tmp_path, field, value, reason):
+    """An encrypted member, or one compressed with a method zipfile lacks (Deflate64 from Windows' zip)."""
+    good = (inputs / "a_rgb.jpg").read_bytes()
+    _patched_zip(tmp_path / "c.zip", {"a.jpg": good, "b.jpg": good}, field, value, {"b.jpg"})
+    manifest = resize_folder(tmp_path / "c.zip", tmp_path / "out", 8, progress=False)
+    assert manifest["images"] == ["a.jpg"]
+    [skipped] = manifest["skipped"]
+    assert skipped["file"] == "b.jpg" and skipped["reason"].startswith("unreadable zip member") \
+        and reason in skipped["reason"], skipped
+
+
+def test_an_output_inside_the_input_folder_is_no_input_of_the_next_run(inputs, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(inputs, photos)
+    first = resize_folder(photos, photos / "out" / "resized", 8, progress=False)
+    assert resize_folder(photos, photos / "out" / "resized", 8, progress=False) == first
 
 
 def test_a_file_that_is_not_a_zip_is_a_clear_error(inputs, tmp_path, capsys):

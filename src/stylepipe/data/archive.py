@@ -100,6 +100,11 @@ def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = T
         with _target(dest) as tmp:
             extractor(archive, tmp, progress)
             (tmp / EXTRACT_MARK).write_text(f"extracted from {archive.name} by stylepipe; replaced whole when extracted again\n")
+    except tarfile.FilterError as err:
+        # tarfile's `data` filter caught what the checks before it could not (links chained through links):
+        # nothing was written outside, and the archive is not damaged, it is unsafe
+        raise ArchiveError(f"{archive}: refusing a member ({err}); nothing was extracted: an archive whose "
+                           "members would write outside the folder is not unpacked") from err
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
         raise ArchiveError(f"{archive}: damaged archive ({err}); delete it and download again") from err
     return dest

@@ -231,7 +231,10 @@ def _work(job: tuple[str, bool, str, int, int | None]) -> tuple[str, bytes | Non
     source, is_zip, rel, size, max_pixels = job
     try:
         if is_zip:
-            data = _zip_member(source, rel)
+            try:
+                data = _zip_member(source, rel)
+            except (RuntimeError, NotImplementedError) as err:  # encrypted, or a compression zipfile lacks
+                return rel, None, f"unreadable zip member: {err}"
             return rel, resize_file(rel, size, max_pixels=max_pixels, data=data).tobytes(), None
         return rel, resize_file(Path(source) / rel, size, max_pixels=max_pixels).tobytes(), None
     except ImageError as err:
@@ -274,10 +277,15 @@ def resize_folder(
     output_dir = Path(output_dir)
     if output_dir.resolve() in (input_dir.resolve(), *input_dir.resolve().parents):
         raise ValueError(f"{output_dir}: the output would replace the input {input_dir}; give another folder")
+
     target = atomic_directory(output_dir, ours=lambda path: (path / MANIFEST).is_file(), what="resized set")
     target.check()  # before any work: refuse to replace what `resize` did not write
     try:
         files = list_members(input_dir) if is_zip else list_files(input_dir)
+        if not is_zip and output_dir.resolve().is_relative_to(input_dir.resolve()):
+            # an output inside the input folder: a rerun does not take the shards of the last run for input
+            inside = output_dir.resolve().relative_to(input_dir.resolve()).parts
+            files = [f for f in files if Path(f).parts[:len(inside)] != inside]
     except zipfile.BadZipFile as err:
         raise ValueError(f"{input_dir}: damaged zip file ({err}); fetch it again") from err
     jobs = [(str(input_dir), is_zip, rel, size, max_pixels) for rel in files]
