@@ -34,7 +34,7 @@ def copy_checkout(root: Path, names: tuple[str, ...] = WORKFLOW) -> Path:
 
 # Overrides of config/demo.yaml + config/offline.yaml that shrink every step.
 TINY = {
-    "data": {"resize_workers": 1},
+    "resources": {"resize": {"cpus_per_task": 1}},
     "train": {
         "image_size": 32,
         "batch_size": 2,

@@ -404,6 +404,32 @@ def test_an_output_inside_the_input_folder_is_no_input_of_the_next_run(inputs, t
     assert resize_folder(photos, photos / "out" / "resized", 8, progress=False) == first
 
 
+def test_the_params_give_size_and_workers_and_are_validated_before_any_work(inputs, tmp_path, capsys):
+    """As the pipeline runs it (--params): the size is train.image_size, and a value training would refuse
+    stops the command at once, not after hours of resizing (DVC runs this step without any other check)."""
+    import yaml
+
+    from conftest import tiny_params_dict
+
+    params = tiny_params_dict()
+    params["train"]["image_size"] = 8
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    assert cli(["resize", "--params", str(tmp_path / "p.yaml"), "--input", str(inputs), "--output", str(out)]) == 2
+    assert "key train.image_size: 8 is less than the minimum of 16" in capsys.readouterr().err
+    assert not out.exists()
+    params["train"]["image_size"] = 16
+    params["resources"]["resize"]["cpus_per_task"] = 64  # more than this machine has: as many as it has
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    assert cli(["resize", "--params", str(tmp_path / "p.yaml"), "--input", str(inputs), "--output", str(out)]) == 0
+    assert ShardReader(out).image_size == 16
+    assert cli(["resize", "--params", str(tmp_path / "p.yaml"), "--size", "16", "--input", str(inputs),
+                "--output", str(out)]) == 2
+    assert "give --size or --params, not both" in capsys.readouterr().err
+    assert cli(["resize", "--input", str(inputs), "--output", str(out)]) == 2
+    assert "give --size N, or --params params.yaml" in capsys.readouterr().err
+
+
 def test_a_file_that_is_not_a_zip_is_a_clear_error(inputs, tmp_path, capsys):
     assert cli(["resize", "--input", str(inputs / "a_rgb.jpg"), "--output", str(tmp_path / "o"), "--size", "8"]) == 2
     err = capsys.readouterr().err

@@ -51,7 +51,7 @@ TRACKED = {
     "fetch_eval": ["data.eval"],
     "fetch_style": ["seed", "styles.{style}"],
     "fetch_loss_network": ["seed", "loss_network"],
-    "resize": ["data.resize_workers", "train.image_size"],
+    "resize": ["train.image_size"],
     # the thread count: on a CPU the weights depend on it (docs/training.md, "Same results on the CPU")
     "train": ["seed", "train", "styles.{style}", "resources.train.cpus_per_task"],
     "stylize": ["stylize"],

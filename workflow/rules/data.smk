@@ -65,13 +65,12 @@ rule resize:
         "logs/resize.log",
     params:
         tracked=tracked("resize"),
-        size=config["train"]["image_size"],
-        workers=config["data"]["resize_workers"],
-    # torch and the decoders use this many threads (Snakemake sets OMP_NUM_THREADS)
+    # decoding processes: resources.resize.cpus_per_task, at most the CPUs the job may use (the output
+    # is the same for any count, so it is no tracked value)
     threads: resource("resize", "cpus_per_task")
     resources:
         mem_mb=resource("resize", "mem_mb"),
         runtime=resource("resize", "runtime"),
         cpus_per_task=resource("resize", "cpus_per_task"),
     shell:
-        "stylepipe resize --input {input.content} --output {output} --size {params.size} --workers {params.workers} > {log} 2>&1"
+        "stylepipe resize --params {PARAMS_FILES:q} --input {input.content} --output {output} > {log} 2>&1"

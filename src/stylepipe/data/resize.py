@@ -336,8 +336,15 @@ def resize_folder(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="folder of images (searched recursively) or a zip of them")
     parser.add_argument("--output", required=True, type=Path, help="output folder: shard-*.npy + manifest.json")
-    parser.add_argument("--size", required=True, type=positive_int, help="side N of the square N x N images")
-    parser.add_argument("--workers", type=positive_int, default=1, help="processes decoding in parallel (default 1)")
+    parser.add_argument("--size", type=positive_int, help="side N of the square N x N images")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="processes decoding in parallel (default 1; the output is the same for any count)")
+    parser.add_argument(
+        "--params", nargs="+", type=Path, metavar="FILE",
+        help="the pipeline's params files instead of --size: validated first (no hours of resizing on a value "
+        "that training would refuse), N from train.image_size, and unless --workers is given, "
+        "resources.resize.cpus_per_task workers (at most the CPUs this process may use)",
+    )
     parser.add_argument(
         "--images-per-shard", type=positive_int, default=None,
         help="images per shard file (default: about 1 GiB per shard)"
@@ -351,13 +358,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def size_and_workers(args: argparse.Namespace) -> tuple[int, int]:
+    """The image size and worker count from the options, or from the params files (``--params``)."""
+    if args.params is None:
+        if args.size is None:
+            raise ValueError("give --size N, or --params params.yaml to take N from train.image_size")
+        return args.size, args.workers or 1
+    if args.size is not None:
+        raise ValueError("give --size or --params, not both: with --params the size is train.image_size")
+    from stylepipe.config import load_params
+
+    params = load_params(args.params)
+    if args.workers is not None:
+        return params["train"]["image_size"], args.workers
+    wanted = params.get("resources", {}).get("resize", {}).get("cpus_per_task", 1)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return params["train"]["image_size"], max(1, min(wanted, usable))
+
+
 def main(args: argparse.Namespace) -> int:
     try:
+        size, workers = size_and_workers(args)
         manifest = resize_folder(
             args.input,
             args.output,
-            args.size,
-            workers=args.workers,
+            size,
+            workers=workers,
             per_shard=args.images_per_shard,
             max_pixels=args.max_pixels,
         )
@@ -365,7 +391,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"stylepipe resize: error: {err}", file=sys.stderr)
         return 2
     print(
-        f"{args.output}: {manifest['count']} images of {args.size}x{args.size} in "
+        f"{args.output}: {manifest['count']} images of {size}x{size} in "
         f"{len(manifest['shards'])} shard(s); {manifest['skipped_count']} skipped"
     )
     for item in manifest["skipped"][:20]:
