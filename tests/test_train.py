@@ -711,6 +711,16 @@ def test_fingerprint_counts_processes_and_ignores_epochs_under_max_steps(setup):
                                                       data=setup / "content")
 
 
+def test_early_stopping_in_a_run_too_short_to_validate_is_refused_before_training(setup):
+    """With epochs (max_steps -1) the run's length is known only with the data: checked at the start."""
+    result = subprocess.run(variant(setup, "novalidation", max_steps=-1, epochs=1, val_check_interval=1000,
+                                    early_stopping_patience=1), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.search(r"error: train.early_stopping_patience is set but train.val_check_interval \(1000\) exceeds "
+                     r"the \d+ optimizer steps of this run .*never validate", result.stderr), result.stderr[-3000:]
+    assert not (setup / "novalidation" / "waves.pth").exists()
+
+
 def test_a_diverging_run_stops_naming_the_step_and_what_to_change(setup):
     result = subprocess.run(variant(setup, "diverge", lr=1e30, log_every_n_steps=1), capture_output=True,
                             text=True, timeout=300)

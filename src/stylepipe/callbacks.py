@@ -213,6 +213,26 @@ class Finished(Callback):
         self.finished = bool(state.get("finished", False))
 
 
+class ValidatesInTime(Callback):
+    """With early stopping: refuse, before the first step, a run too short to validate even once.
+
+    config.validate refuses it where train.max_steps bounds the run; with
+    epochs, the number of steps is known only once the data is.
+    """
+
+    def __init__(self, val_check_interval: int):
+        self.val_check_interval = val_check_interval
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        steps = int(trainer.estimated_stepping_batches)
+        if steps < self.val_check_interval:
+            raise ValueError(
+                f"train.early_stopping_patience is set but train.val_check_interval ({self.val_check_interval}) "
+                f"exceeds the {steps} optimizer steps of this run (train.epochs = {trainer.max_epochs}): it would "
+                "never validate, so never stop early; lower val_check_interval or set the patience to null"
+            )
+
+
 class Curves(Callback):
     """Per-step losses and learning rate, kept in the checkpoint so resumed runs have whole curves.
 

@@ -88,7 +88,7 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
 
-    from stylepipe.callbacks import PeriodicCheckpoint
+    from stylepipe.callbacks import PeriodicCheckpoint, ValidatesInTime
     from stylepipe.resume import AtomicCheckpointIO
 
     accelerator = tp["accelerator"]
@@ -104,7 +104,8 @@ def build_trainer(tp: dict, scratch: Path, callbacks: list, loggers: list):
     )
     early_stopping = []
     if tp["early_stopping_patience"]:
-        early_stopping = [EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"])]
+        early_stopping = [EarlyStopping(monitor="val/total_loss", mode="min", patience=tp["early_stopping_patience"]),
+                          ValidatesInTime(tp["val_check_interval"])]
     # early stopping first: it has seen a validation before a preemption checkpoint is written after it
     callbacks = [*early_stopping, *callbacks, checkpoint, TQDMProgressBar()]
     return pl.Trainer(
