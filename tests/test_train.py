@@ -677,8 +677,12 @@ def test_checkpoints_of_another_configuration_are_set_aside_not_lost(setup):
     assert "final.ckpt" in made
     changed = train(setup, "g", variant(setup, "g-lr", max_steps=2, lr=5e-4)[:-2] + ["--scratch", str(scratch)])
     assert "moved to" in changed.stderr and "resuming" not in changed.stderr
+    assert "training starts at step 0" in changed.stderr
     [aside] = (scratch / "superseded").iterdir()
     assert {p.name for p in aside.glob("*.ckpt")} == made
+    # its TensorBoard log went with them: the new run's curves are not drawn over the old ones
+    assert list((aside / "tensorboard").glob("events.*")) and len(list((scratch / "tensorboard").glob("events.*"))) == 1
+    assert "lr: 0.0005" in (scratch / "tensorboard" / "hparams.yaml").read_text()
     # the first configuration again: resumes from its set-aside final checkpoint, trains no further
     back = train(setup, "g", first)
     assert f"resuming from {aside / 'final.ckpt'}" in back.stderr

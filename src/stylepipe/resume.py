@@ -80,6 +80,7 @@ def _data_identity(data: Path) -> bytes:
 
 
 SUPERSEDED = "superseded"  # scratch/superseded/<fingerprint>/: checkpoints of earlier configurations
+TENSORBOARD = "tensorboard"  # scratch/tensorboard/: the TensorBoard log of the current configuration
 
 
 def find_checkpoints(scratch: Path, fp: str) -> tuple[Path | None, dict[Path, str]]:
@@ -111,11 +112,22 @@ def find_checkpoints(scratch: Path, fp: str) -> tuple[Path | None, dict[Path, st
 
 def set_aside(scratch: Path, others: dict[Path, str]) -> None:
     """Move other configurations' checkpoints out of the way: kept, never overwritten, resumable if that configuration returns."""
+    newest = max(others, key=lambda path: path.stat().st_mtime_ns, default=None)
+    newest_fp = others.get(newest)
     for path, fp in others.items():
         target = scratch / SUPERSEDED / fp / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         path.replace(target)
     if others:
+        # the TensorBoard log is the last run's: with its checkpoints, not under the new run's curves
+        log = scratch / TENSORBOARD
+        if log.is_dir():
+            target = scratch / SUPERSEDED / newest_fp / TENSORBOARD
+            n = 1
+            while target.exists():
+                n += 1
+                target = target.with_name(f"{TENSORBOARD}-{n}")
+            log.replace(target)
         print(f"stylepipe train: {len(others)} checkpoint(s) of another configuration moved to "
               f"{scratch / SUPERSEDED}/ (delete them when no longer needed)", file=sys.stderr)
 

@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     from stylepipe.datamodule import ContentDataModule
     from stylepipe.models.vgg import load_features_state
     from stylepipe.module import StyleTransferModule
-    from stylepipe.resume import find_checkpoints, fingerprint, record_attempt, set_aside
+    from stylepipe.resume import TENSORBOARD, find_checkpoints, fingerprint, record_attempt, set_aside
 
     pl.seed_everything(seed, workers=True, verbose=False)
     style_image = load_style_image(args.style_image, tp["style_size"])
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     # preempted.ckpt, not last.ckpt: that name is ModelCheckpoint's, which would version its own as last-v1
     preemption = Preemption(args.scratch / "preempted.ckpt", tp["val_check_interval"])
     curves, finished = Curves(tp["log_every_n_steps"]), Finished()
-    loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version="tensorboard", default_hp_metric=False)]
+    loggers = [TensorBoardLogger(save_dir=args.scratch, name="", version=TENSORBOARD, default_hp_metric=False)]
     # curves first: a preempted step is recorded before the checkpoint is written
     same_start = SameStart(args.scratch)
     trainer = trainer_from_params(tp, args.scratch, [same_start, curves, preemption, finished], loggers)
@@ -306,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         set_aside(args.scratch, others)
         if resume is not None:
             print(f"stylepipe train: resuming from {resume}", file=sys.stderr)
+        elif others:
+            print("stylepipe train: no checkpoint of this configuration; training starts at step 0", file=sys.stderr)
         record_attempt(args.scratch, f"resuming from {resume}" if resume is not None else "started")
     try:
         with signal_handlers_kept():
