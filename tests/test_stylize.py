@@ -258,6 +258,15 @@ def test_ambiguous_or_destructive_outputs_are_refused_before_any_work(models, im
     assert photo.read_bytes() == (images / "a.png").read_bytes()
 
 
+def test_an_output_larger_than_its_format_can_store_is_refused_before_stylizing(models, tmp_path, capsys):
+    _, pth, _ = models
+    Image.new("RGB", (17000, 2), (90, 90, 90)).save(tmp_path / "wide.png")
+    assert cli.main(["stylize", "--model", str(pth), "--output", str(tmp_path / "o.webp"), *FP32,
+                     str(tmp_path / "wide.png")]) == 2
+    assert "o.webp: 17000x2 pixels, but WEBP stores at most 16383 a side" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.png"]
+
+
 def test_onnx_of_another_network_is_refused(tmp_path):
     torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(tmp_path / "other.onnx"),
                       input_names=["x"], dynamo=False)

@@ -25,7 +25,7 @@ from stylepipe.data.images import ImageError
 from stylepipe.memory import Available, available_memory, gigabytes, out_of_memory, round_down
 from stylepipe.stylize.colour import preserve_color
 from stylepipe.stylize.inputs import Content, expand_inputs, load_content, oriented_size, target_size
-from stylepipe.stylize.outputs import output_format, output_paths, save_output
+from stylepipe.stylize.outputs import check_sizes_fit, output_format, output_paths, save_output
 from stylepipe.stylize.runners import Runner, load_runner, stylize_tensor
 
 
@@ -147,6 +147,8 @@ def stylize_files(
     formats = [output_format(p) for p in outputs]
     runner = model if isinstance(model, Runner) else load_runner(model, device, engine, precision)
     groups, unreadable = _group_by_size(paths, max_size, scale)
+    check_sizes_fit({outputs[i]: size for size, members in groups.items() for i in members},
+                    dict(zip(outputs, formats)))
     check_memory(runner, paths, groups, batch_size, scale)
     with tqdm(total=len(paths), desc="stylize", unit="img", disable=not progress) as bar:
         bar.update(len(unreadable))

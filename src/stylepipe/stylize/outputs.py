@@ -32,6 +32,19 @@ ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # an input's transparency is kept in th
 UNWRITABLE_IMAGE_SUFFIXES = {".heic", ".heif", ".jxl", ".svg", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw"}
 
 
+# the longest side each format can store (PNG and TIFF: far beyond any memory)
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65535}
+
+
+def check_sizes_fit(sizes: dict[Path, tuple[int, int]], formats: dict[Path, str]) -> None:
+    """Refuse, before any stylizing, an output larger than its format can store."""
+    for path, (w, h) in sizes.items():
+        limit = MAX_SIDE.get(formats[path])
+        if limit is not None and max(w, h) > limit:
+            raise ValueError(f"{path}: {w}x{h} pixels, but {formats[path]} stores at most {limit} a side; "
+                             f"write a .png or .tif, or shrink the image with --max-size {limit}")
+
+
 def is_image_path(output: Path) -> bool:
     """Whether ``--output`` names an image file (an extension Pillow knows) rather than a folder."""
     suffix = output.suffix.lower()
