@@ -545,7 +545,8 @@ def test_a_write_that_fails_names_the_output_not_its_temporary_file(tmp_path):
     (tmp_path / "adir").mkdir()
     with pytest.raises(OSError) as err:
         write_json(tmp_path / "adir", {"a": 1})
-    assert cli.user_message(err.value) == f"{tmp_path / 'adir'}: is a folder; give a file name (the output was not written)"
+    assert cli.user_message(err.value) == (f"{tmp_path / 'adir'}: is a folder, where this output file goes; move the "
+                                           "folder away or choose another output (the output was not written)")
     # a full disk names no file at all (write() only knows a descriptor)
     with pytest.raises(OSError) as err:
         with atomic_path(tmp_path / "m.json") as tmp:

@@ -267,6 +267,16 @@ def test_an_output_larger_than_its_format_can_store_is_refused_before_stylizing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.png"]
 
 
+@pytest.mark.parametrize("output", ["notes.txt", "notes.txt/out"])
+def test_an_output_folder_that_is_a_file_names_the_file(models, images, tmp_path, capsys, output):
+    _, pth, _ = models
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert cli.main(["stylize", "--model", str(pth), "--output", str(tmp_path / output), *FP32,
+                     str(images / "a.png"), str(images / "c.png")]) == 2
+    assert f"{tmp_path / 'notes.txt'} is a file, not a folder; choose another --output" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
 def test_onnx_of_another_network_is_refused(tmp_path):
     torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(tmp_path / "other.onnx"),
                       input_names=["x"], dynamo=False)

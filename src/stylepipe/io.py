@@ -101,7 +101,7 @@ def naming_output(err: OSError, path: Path, folder: bool = False) -> OSError:
     """
     reason = err.strerror or str(err)
     if not folder and path.is_dir():
-        reason = "is a folder; give a file name"
+        reason = "is a folder, where this output file goes; move the folder away or choose another output"
     return type(err)(err.errno, f"{reason} (the output was not written)", str(path))
 
 
@@ -117,6 +117,9 @@ def check_writable(folder: Path, flag: str, keep: bool = True) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # mkdir's "File exists" or "Not a directory" would not say which
+            raise ValueError(f"--{flag} {folder}: {blocker} is a file, not a folder; choose another --{flag}") from err
         raise ValueError(f"--{flag} {folder}: cannot write there ({err.strerror or err}); "
                          "choose a folder you can write to") from err
     finally:
