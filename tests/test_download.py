@@ -163,8 +163,12 @@ def test_a_range_answered_from_another_byte_is_not_appended(server, tmp_path):
 
 
 def test_an_unsupported_url_scheme_fails_at_once(tmp_path, capsys):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
     assert cli(["download", "htp://example.org/f.bin", "--output", str(tmp_path / "f"), "--md5", MD5]) == 2
     assert "htp://example.org/f.bin: unsupported URL scheme 'htp'; give an https://" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's SIGTERM handler is its own
 
 
 def test_giving_up_keeps_the_part_for_the_next_run(server, tmp_path):

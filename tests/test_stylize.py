@@ -90,6 +90,10 @@ def test_inputs_once_each_an_empty_one_refused_and_non_images_named(images, tmp_
     monkeypatch.chdir(images)
     # one file, named relatively and absolutely: stylized once (two outputs of one name would be refused)
     assert expand_inputs(["a.png", str(images / "a.png"), "*.png"]) == [Path("a.png"), Path("c.png"), Path("d.png")]
+    # two names of one file (a link; DVC links its cache's files so): two inputs, two outputs
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "b.png").symlink_to(images / "a.png")
+    assert expand_inputs(["a.png", tmp_path / "linked" / "b.png"]) == [Path("a.png"), tmp_path / "linked" / "b.png"]
     # Path("") is "."; an unset shell variable must not stylize the working directory
     with pytest.raises(ValueError, match="an input is empty"):
         expand_inputs([""])
@@ -99,7 +103,7 @@ def test_inputs_once_each_an_empty_one_refused_and_non_images_named(images, tmp_
     (folder / "b.heic").write_bytes(b"")
     (folder / "notes").write_bytes(b"")
     capsys.readouterr()
-    assert expand_inputs([folder]) == [folder / "a.jpg"]
+    assert expand_inputs([folder, folder / "*"]) == [folder / "a.jpg"]
     err = capsys.readouterr().err
     assert "left out 2 file(s) that are not images by their suffix" in err
     assert str(folder / "b.heic") in err and str(folder / "notes") in err

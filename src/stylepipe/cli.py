@@ -12,6 +12,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 
 from stylepipe import __version__
 from stylepipe.config import ParamsError
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"stylepipe {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    if name != "train":  # training checkpoints on SIGTERM, and resumes from there (train.py)
-        signal.signal(signal.SIGTERM, _terminate)
+    # training checkpoints on SIGTERM and resumes from there (train.py); signals reach the main thread only
+    on_sigterm = name != "train" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_sigterm else None
     try:
         return int(module.main(args) or 0)
     except USER_ERRORS as err:
@@ -104,3 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"stylepipe {name}: stopped by SIGTERM; outputs not yet finished were not written", file=sys.stderr)
         return 128 + signal.SIGTERM
+    finally:
+        if on_sigterm and previous is not None:  # as it was, for a caller that goes on (the tests call main() in one process)
+            signal.signal(signal.SIGTERM, previous)

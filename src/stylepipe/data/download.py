@@ -380,9 +380,8 @@ def _download_one(url: str, output: Path, check: tuple[str, str] | None, retries
             error = err
         except _TRANSIENT as err:
             if attempt == retries:
-                raise DownloadError(
-                    f"{url}: gave up after {retries + 1} attempts ({err}); {part} is kept: run again to resume"
-                ) from err
+                then = f"{part} is kept: run again to resume" if part.exists() else "run again to start over"
+                raise DownloadError(f"{url}: gave up after {retries + 1} attempts ({err}); {then}") from err
             error = err
         delay = backoff * 2**attempt
         print(f"download {url}: {error}; retrying in {delay:.0f}s (resuming)", file=sys.stderr)

@@ -148,7 +148,7 @@ def stylize_files(
     runner = model if isinstance(model, Runner) else load_runner(model, device, engine, precision)
     groups, unreadable = _group_by_size(paths, max_size, scale)
     check_sizes_fit({outputs[i]: size for size, members in groups.items() for i in members},
-                    dict(zip(outputs, formats)))
+                    dict(zip(outputs, formats)), scale)
     check_memory(runner, paths, groups, batch_size, scale)
     with tqdm(total=len(paths), desc="stylize", unit="img", disable=not progress) as bar:
         bar.update(len(unreadable))

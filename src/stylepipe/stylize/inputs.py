@@ -45,14 +45,20 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"{item}: no images found ({_why_no_images(path, candidates)})")
         found.extend(matches)
         left_out.extend(p for p in candidates if p.suffix.lower() not in IMAGE_SUFFIXES)
+    left_out = _once(left_out)
     if left_out:
         names = ", ".join(str(p) for p in left_out[:5]) + (f", and {len(left_out) - 5} more" if len(left_out) > 5 else "")
         print(f"stylepipe: left out {len(left_out)} file(s) that are not images by their suffix: {names} (images are "
               f"read from {', '.join(sorted(IMAGE_SUFFIXES))} files; name a file to try it)", file=sys.stderr)
-    # one file named twice, or two ways (a relative and an absolute path): stylized once
+    return _once(found)
+
+
+def _once(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats: one path named twice, or two ways (relative and absolute), counts once.
+    Links are not followed: two names of one file (a link, a DVC cache link) are two inputs, with two outputs."""
     unique: dict[str, Path] = {}
-    for path in found:
-        unique.setdefault(os.path.realpath(path), path)
+    for path in paths:
+        unique.setdefault(os.path.abspath(path), path)
     return list(unique.values())
 
 

@@ -33,16 +33,18 @@ UNWRITABLE_IMAGE_SUFFIXES = {".heic", ".heif", ".jxl", ".svg", ".dng", ".raw", "
 
 
 # the longest side each format can store (PNG and TIFF: far beyond any memory)
-MAX_SIDE = {"WEBP": 16383, "JPEG": 65535}
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # libjpeg's limit, below the format's 65535
 
 
-def check_sizes_fit(sizes: dict[Path, tuple[int, int]], formats: dict[Path, str]) -> None:
+def check_sizes_fit(sizes: dict[Path, tuple[int, int]], formats: dict[Path, str], scale: float | None = None) -> None:
     """Refuse, before any stylizing, an output larger than its format can store."""
     for path, (w, h) in sizes.items():
         limit = MAX_SIDE.get(formats[path])
         if limit is not None and max(w, h) > limit:
+            # --scale multiplies after --max-size
+            shrink = f"--max-size {int(limit / scale)} with --scale {scale:g}" if scale else f"--max-size {limit}"
             raise ValueError(f"{path}: {w}x{h} pixels, but {formats[path]} stores at most {limit} a side; "
-                             f"write a .png or .tif, or shrink the image with --max-size {limit}")
+                             f"write a .png or .tif, or shrink the image with {shrink}")
 
 
 def is_image_path(output: Path) -> bool:
