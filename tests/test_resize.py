@@ -272,13 +272,10 @@ def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("signum, to_group", [("SIGINT", True), ("SIGTERM", True), ("SIGTERM", False)])
-def test_ctrl_c_or_sigterm_ends_with_one_line_and_leaves_nothing(tmp_path, signum, to_group):
-    """^C in a terminal reaches the command and its worker processes, as `scancel` or a job's time limit
-    sends SIGTERM to all of them, and `kill` to the command alone: one line, status 128 + the signal,
-    no traceback from any process, and neither the output nor its temporary folder is left."""
+def _resize_many_photos_in_two_workers(tmp_path: Path, count: int = 400):
+    """`stylepipe resize --workers 2` of `count` large photos, in its own process group, returned once
+    the workers are busy and the temporary output folder exists."""
     import os
-    import signal
     import subprocess
     import time
 
@@ -286,17 +283,28 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_and_leaves_nothing(tmp_path, signu
     photos.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(photos / "p000.jpg", quality=90)
-    for i in range(1, 400):
-        os.link(photos / "p000.jpg", photos / f"p{i:03d}.jpg")
-    out = tmp_path / "out"
-    proc = subprocess.Popen(["stylepipe", "resize", "--input", str(photos), "--output", str(out), "--size", "64",
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
+    for i in range(1, count):
+        os.link(photos / "p000.jpg", photos / f"p{i:04d}.jpg")
+    proc = subprocess.Popen(["stylepipe", "resize", "--input", str(photos), "--output", str(tmp_path / "out"),
+                             "--size", "64", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.*.part")):  # the pool is working and the temporary folder exists
+    while not list(tmp_path.glob(".out.*.part")):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.005)
+    return proc
+
+
+@pytest.mark.parametrize("signum, to_group", [("SIGINT", True), ("SIGTERM", True), ("SIGTERM", False)])
+def test_ctrl_c_or_sigterm_ends_with_one_line_and_leaves_nothing(tmp_path, signum, to_group):
+    """^C in a terminal reaches the command and its worker processes, as `scancel` or a job's time limit
+    sends SIGTERM to all of them, and `kill` to the command alone: one line, status 128 + the signal,
+    no traceback from any process, and neither the output nor its temporary folder is left."""
+    import os
+    import signal
+
+    proc = _resize_many_photos_in_two_workers(tmp_path)
     signum = getattr(signal, signum)
     (os.killpg if to_group else os.kill)(proc.pid, signum)
     _, stderr = proc.communicate(timeout=120)
@@ -304,6 +312,28 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_and_leaves_nothing(tmp_path, signu
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert ("stylepipe resize: interrupted" if signum == signal.SIGINT else "stylepipe resize: stopped by SIGTERM") \
         in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_a_worker_killed_midway_is_a_clear_error_not_a_wait_forever(tmp_path):
+    """The out-of-memory killer ends a worker with SIGKILL, its images unfinished: the command says so
+    and stops, writing nothing (a multiprocessing.Pool would wait for those images forever)."""
+    import os
+    import signal
+
+    proc = _resize_many_photos_in_two_workers(tmp_path, count=2000)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    if not children.is_file():
+        proc.kill()
+        pytest.skip("needs Linux's /proc/PID/task/TID/children")
+    command = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    workers = [int(pid) for pid in children.read_text().split()
+               if Path(f"/proc/{pid}/cmdline").read_bytes() == command]  # forked: the command's own line
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-3000:]
+    assert "a worker process ended before its images were done" in stderr and "Traceback" not in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
 

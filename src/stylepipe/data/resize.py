@@ -33,6 +33,8 @@ import sys
 import warnings
 import zipfile
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -249,8 +251,24 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
     # ^C reaches every process of the terminal's group: the parent stops the pool, the workers say nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # and the pool stops its workers with SIGTERM: they end at once, as workers do (not as the command)
+    # SIGTERM (`scancel`'s, to every process of the job) ends a worker at once, not as the command does;
+    # the executor sees it gone and stops the others
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by _start_workers until now
+
+
+def _start_workers(executor: ProcessPoolExecutor, jobs: list, chunksize: int):
+    """``executor.map`` with the workers forked under a blocked SIGTERM: a worker takes it only once
+    _init_worker has set its own action, or it would run the command's handler, inherited with
+    the fork, and print a traceback. The executor forks all its workers at the first submit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return executor.map(_work, jobs, chunksize=chunksize)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return executor.map(_work, jobs, chunksize=chunksize)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a SIGTERM meanwhile arrives now
 
 
 def resize_folder(
@@ -299,8 +317,10 @@ def resize_folder(
             # with torch already imported; elsewhere the platform default
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-            pool = ctx.Pool(workers, initializer=_init_worker)
-            results = pool.imap(_work, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8))))
+            # concurrent.futures, not multiprocessing.Pool: a worker that dies (the out-of-memory killer,
+            # a SIGTERM to the job's processes) breaks the executor, where a Pool waits for it forever
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+            results = _start_workers(pool, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8))))
         else:
             torch.set_num_threads(1)  # same kernels, same bytes as the workers
             results = map(_work, jobs)
@@ -323,12 +343,17 @@ def resize_folder(
                     skipped_count=len(skipped),
                     resample=RESAMPLE,
                 )
+    except BrokenProcessPool as err:
+        raise ChildProcessError(
+            f"{input_dir}: a worker process ended before its images were done (killed, perhaps for want of "
+            f"memory: dmesg says); nothing was written to {output_dir}; run again, with fewer --workers if "
+            f"memory is short") from err
     finally:
         bar.close()
         torch.set_num_threads(threads)
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            # on an error or a signal the queued images are dropped: the workers end after those handed to them
+            pool.shutdown(wait=True, cancel_futures=True)
         _close_zips()
     return manifest
 
