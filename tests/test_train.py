@@ -271,25 +271,29 @@ def test_sigterm_then_resume_equals_uninterrupted(setup, uninterrupted):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_terminal_checkpoints_like_sigterm_and_resumes(setup, uninterrupted):
-    """^C reaches every process of the terminal's group, data loader workers included: the step still
-    finishes, is checkpointed, and the rerun ends with the uninterrupted run's weights."""
-    cmd = variant(setup, "ctrl-c", num_workers=2)  # an operational value: the same run
-    scratch = setup / "ctrl-c" / "scratch"
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGUSR1"])
+def test_a_signal_to_every_process_checkpoints_and_resumes(setup, uninterrupted, signame):
+    """^C reaches every process of the terminal's group, and Slurm's signals (`scancel`, `--signal`, the
+    time limit) every process of the job step: data loader workers included. The step still finishes,
+    is checkpointed, and the rerun ends with the uninterrupted run's weights."""
+    signum = getattr(signal, signame)
+    run = f"group-{signame}"
+    cmd = variant(setup, run, num_workers=2)  # an operational value: the same run
+    scratch = setup / run / "scratch"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (scratch / "last.ckpt").exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no last.ckpt appeared"
         time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signum)
     _, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
-    assert "interrupted by SIGINT" in stderr and "Run the same command again to resume" in stderr
-    assert "Traceback" not in stderr and "exited unexpectedly" not in stderr
-    resumed = train(setup, "ctrl-c", cmd)
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert f"interrupted by {signame}" in stderr and "Run the same command again to resume" in stderr
+    assert "Traceback" not in stderr and "exited unexpectedly" not in stderr, stderr[-3000:]
+    resumed = train(setup, run, cmd)
     assert "resuming from" in resumed.stderr and re.search(r"resumed at step [1-9]", resumed.stderr)
-    assert_identical(uninterrupted / "waves.pth", setup / "ctrl-c" / "waves.pth")
+    assert_identical(uninterrupted / "waves.pth", setup / run / "waves.pth")
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,13 +47,53 @@ def list_content_files(folder: str | Path) -> list[Path]:
 
 
 def _worker_init(worker_id: int, rank: int) -> None:
-    """A loader worker ignores ^C: the terminal sends it to every process, and the training
-    process finishes its step and checkpoints with the workers still feeding it."""
+    """A loader worker ignores the signals that ask the training to stop: a terminal sends ^C to every
+    process, and Slurm its signals (`scancel`, `--signal`, the time limit) to every process of the job
+    step. The training process finishes its step and checkpoints with the workers still feeding it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    _sigterm_from_the_trainer_only()
     if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning installs when no worker_init_fn is given
         from lightning_fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id, rank)
+
+_CAN_SEE_SENDER = hasattr(signal, "sigwaitinfo")  # not on macOS or Windows
+
+
+class ContentLoader(DataLoader):
+    """A DataLoader whose workers start with SIGTERM blocked, in every thread they will have
+    (a thread takes the mask of the one that starts it, a process that of the thread that forks it):
+    PyTorch starts threads in a worker before its ``worker_init_fn`` runs."""
+
+    def __iter__(self):
+        if self.num_workers == 0 or not _CAN_SEE_SENDER:
+            return super().__iter__()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return super().__iter__()  # starts the workers
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a SIGTERM meanwhile arrives now
+
+
+def _sigterm_from_the_trainer_only() -> None:
+    """SIGTERM ends a loader worker only when its training process sends it (as it stops a worker
+    that did not end when asked); from anyone else it is ignored. PyTorch's own handler ends the
+    worker then too, with the training process's error 'DataLoader worker ... is killed by signal'.
+    SIGTERM is blocked in every thread of the worker from its start (``ContentLoader``), and taken
+    by the thread started here, which sees the sender."""
+    if not _CAN_SEE_SENDER:  # PyTorch's handler stays
+        return
+    trainer = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # as ContentLoader started it
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
+            pass
+        os._exit(0)  # as PyTorch's handler does for its training process's SIGTERM
+
+    threading.Thread(target=wait, name="sigterm", daemon=True).start()
+
 
 def _first(reasons: list[str], n: int) -> str:
     """The first ``n`` reasons, and how many more there are."""
@@ -243,7 +284,7 @@ class ContentDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
+        return ContentLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
