@@ -113,6 +113,21 @@ def test_float16_step_with_grad_scaler_follows_float32():
         assert value.dtype == torch.float32 and value.item() == pytest.approx(expected_losses[name].item(), rel=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_loss_networks_normalisation_stays_exact_in_mixed_precision(dtype):
+    """The VGG's weights go to the autocast dtype, its ImageNet mean and std do not: rounded to
+    bfloat16 (123.675 → 123.5) they would shift every feature away from the style targets'."""
+    from stylepipe.models.vgg import IMAGENET_MEAN, IMAGENET_STD
+
+    style, _ = style_and_content(16)
+    module = StyleTransferModule(style, VGG)
+    module.cast_loss_network(dtype)
+    module.cast_loss_network(dtype)  # setup() runs once per stage
+    assert next(module.loss_network.parameters()).dtype == dtype
+    assert torch.equal(module.loss_network.mean.flatten(), torch.tensor(IMAGENET_MEAN) * 255.0)
+    assert torch.equal(module.loss_network.std.flatten(), torch.tensor(IMAGENET_STD) * 255.0)
+
+
 # ops that torch.use_deterministic_algorithms(True) refuses on CUDA (its documented list), as ATen names;
 # under Lightning's deterministic="warn" they would run, non-deterministically
 NO_DETERMINISTIC_CUDA_KERNEL = re.compile(

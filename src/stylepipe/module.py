@@ -74,10 +74,12 @@ class StyleTransferModule(pl.LightningModule):
             self.cast_loss_network(torch.bfloat16 if precision.startswith("bf16") else torch.float16)
 
     def cast_loss_network(self, dtype: torch.dtype) -> None:
-        """Keep the frozen VGG in the autocast dtype: the same numbers, without re-casting its weights every step."""
+        """Keep the frozen VGG in the autocast dtype: the same numbers, without re-casting its weights every step.
+        The input normalisation stays float32 and exact: the style targets were computed with it, and
+        the ImageNet mean and std rounded to bfloat16 (123.675 → 123.5) would shift every feature."""
+        mean, std = self.loss_network.mean.float().clone(), self.loss_network.std.float().clone()
         self.loss_network.to(dtype)
-        self.loss_network.mean.data = self.loss_network.mean.float()
-        self.loss_network.std.data = self.loss_network.std.float()
+        self.loss_network.mean.data, self.loss_network.std.data = mean, std
 
     @property
     def style_grams(self) -> dict[str, torch.Tensor]:
