@@ -603,6 +603,46 @@ def test_default_revisions_and_params_flattening():
         "train.lr": 1e-3, "train.layers": ["relu2_2"], "styles.candy": {}}
 
 
+def test_params_that_differ_past_six_digits_are_shown_differing():
+    from stylepipe.compare.revisions import Revision
+    from stylepipe.compare.tables import param_text, params_diff
+
+    assert [param_text(v) for v in (1e10, 1e-3, 0.0, 2, 1.5e-7)] == ["1e+10", "0.001", "0", "2", "1.5e-07"]
+    assert [param_text(v) for v in (0.0010000004, 10000004000.0)] == ["0.0010000004", "10000004000.0"]
+    revs = [Revision(name, None, name, "", "", params={"train": {"lr": lr, "style_weight": 1e10}}, label=name)
+            for name, lr in (("a", 1e-3), ("b", 0.0010000004))]
+    table = params_diff(revs)
+    assert table.to_dict(orient="index") == {"train.lr": {"a": "0.001", "b": "0.0010000004"}}
+
+
+def test_an_evaluation_image_that_differs_between_revisions_shows_each_ones_photograph():
+    """A new file under an old name (`data.eval`): each revision's stylizations beside its own content."""
+    from stylepipe.compare.page import render_html
+    from stylepipe.compare.revisions import Revision
+    from stylepipe.compare.sheet import contact_sheet
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 6), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    def revs(*contents):
+        return [Revision(f"r{i}", None, f"r{i}", "", "", styles=["waves"], image_names=["a.png"],
+                         content={"a.png": c}, images={("waves", "a.png"): png("gray")}, label=f"r{i}")
+                for i, c in enumerate(contents)]
+
+    changed, same = revs(png("red"), png("blue")), revs(png("red"), png("red"))
+    page = render_html(changed)
+    assert "differs between revisions" in page
+    assert all(base64.b64encode(png(c)).decode() in page for c in ("red", "blue"))
+    assert "differs between revisions" not in render_html(same)
+    sheet, plain = contact_sheet(changed, cell=32), contact_sheet(same, cell=32)
+    assert sheet.height > plain.height  # the row of each revision's content
+    colours = {sheet.getpixel((x, y)) for x in range(sheet.width) for y in range(sheet.height)}
+    assert {(255, 0, 0), (0, 0, 255)} <= colours and (0, 0, 255) not in {
+        plain.getpixel((x, y)) for x in range(plain.width) for y in range(plain.height)}
+
+
 def test_curves_spanning_decades_use_a_log_axis():
     import pandas as pd
 

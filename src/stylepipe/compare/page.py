@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -20,8 +19,8 @@ from stylepipe.charts import CHART_CSS, PALETTE, svg_chart
 from stylepipe.compare.images import IMAGE_WIDTH, image_mime
 from stylepipe.compare.revisions import Missing, Revision
 from stylepipe.compare.source import fetch_hint
-from stylepipe.compare.tables import (all_images, all_styles, direction, format_metric, metric_kind, metrics_table,
-                                      packages_diff, params_diff, training_text)
+from stylepipe.compare.tables import (all_images, all_styles, content_differs, direction, format_metric, metric_kind,
+                                      metrics_table, packages_diff, params_diff, training_text)
 from stylepipe.compare.weights import loss_notes
 
 CURVE_COLUMNS = ("total_loss", "content_loss", "style_loss", "tv_loss")
@@ -115,6 +114,10 @@ def _img(data: bytes | None, alt: str, why: str = "missing") -> str:
     return f'<img src="data:{image_mime(data)};base64,{encoded}" alt="{html.escape(alt)}" title="{html.escape(alt)}">'
 
 
+def _why_absent_content(rev: Revision, image: str) -> str:
+    return "missing" if image in rev.image_names else f"no evaluation image {image} in this revision"
+
+
 def _why_absent(rev: Revision, style: str, image: str) -> str:
     """The placeholder's text: no such style or image in ``rev``, or its file is missing."""
     if style not in rev.styles:
@@ -131,8 +134,8 @@ def render_html(revs: list[Revision]) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>stylepipe compare: {html.escape(title)}</title>", f"<style>{CSS}</style></head><body>",
            f"<h1>stylepipe compare: {html.escape(title)}</h1>",
-           f'<p class="muted">Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. '
-           "Deltas are against the first revision.</p>"]
+           # no time of writing: the same revisions give the same page, byte for byte
+           '<p class="muted">Deltas are against the first revision.</p>']
     out += _revisions_section(revs, colours)
     out += _params_section(revs, colours)
     out += _packages_section(revs, colours)
@@ -302,8 +305,15 @@ def _images_section(revs: list[Revision], colours: dict[str, str]) -> list[str]:
         content = next((r.content[image] for r in revs if image in r.content), None)
         out.append(f'<h3>{html.escape(image)}</h3><table class="images"><tr><th>content</th><th>style</th>'
                    + "".join(f"<th>{_rev_head(r, colours[r.label])}</th>" for r in revs) + "</tr>")
+        differs = content_differs(revs, image)
+        if differs:  # each revision's own photograph, above its stylizations
+            out.append('<tr><td class="muted">differs between revisions: each one\'s is in this row</td>'
+                       '<th>content</th>' + "".join(
+                           f"<td>{_img(r.content.get(image), f'{image} (content) @ {r.label}', _why_absent_content(r, image))}</td>"
+                           for r in revs) + "</tr>")
         for row, style in enumerate(styles):
-            first = (f'<td rowspan="{len(styles)}">{_img(content, f"{image} (content)")}</td>' if row == 0 else "")
+            shown = "" if differs else _img(content, f"{image} (content)")
+            first = f'<td rowspan="{len(styles)}">{shown}</td>' if row == 0 else ""
             cells = "".join(
                 f"<td>{_img(r.images.get((style, image)), f'{style} / {image} @ {r.label}', _why_absent(r, style, image))}</td>"
                 for r in revs)

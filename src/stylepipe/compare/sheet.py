@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from stylepipe.charts import PALETTE
 from stylepipe.compare.revisions import Revision
-from stylepipe.compare.tables import all_images, all_styles
+from stylepipe.compare.tables import all_images, all_styles, content_differs
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -24,12 +24,15 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def contact_sheet(revs: list[Revision], cell: int = 192) -> Image.Image:
     """Rows: (style, image); columns: content, then each revision; a header of revision labels.
+    An image whose content differs between revisions has a row of each revision's content first.
 
     Labels too long for their column are wrapped (``wrap_text``), never cut off mid-name."""
     from stylepipe.report import wrap_text
 
     styles, images = all_styles(revs), all_images(revs)
-    rows = [(style, image) for style in styles for image in images]
+    # an image whose content differs between revisions gets a row of each one's content first
+    rows = [(None, image) for image in images if content_differs(revs, image)]
+    rows += [(style, image) for style in styles for image in images]
     pad, label_w, line_h = 6, 150, 16
     font = _font(13)
     columns = 1 + len(revs)
@@ -46,13 +49,22 @@ def contact_sheet(revs: list[Revision], cell: int = 192) -> Image.Image:
             draw.text((label_w + pad + col * (cell + pad), pad + i * line_h), line, fill=colour, font=font)
     for row, (style, image) in enumerate(rows):
         y = head_h + pad + row * (cell + pad)
-        lines = wrap_text(style, font, label_w - 2 * pad) + wrap_text(image, font, label_w - 2 * pad)
+        lines = wrap_text(style or "content", font, label_w - 2 * pad) + wrap_text(image, font, label_w - 2 * pad)
         for i, line in enumerate(lines[:max_label_lines]):
             draw.text((pad, y + 4 + i * line_h), line, fill="#222222", font=font)
-        content = next((r.content[image] for r in revs if image in r.content), None)
-        cells = [content] + [r.images.get((style, image)) for r in revs]
+        differs = content_differs(revs, image)
+        if style is None:
+            cells = [None] + [r.content.get(image) for r in revs]
+        else:
+            content = None if differs else next((r.content[image] for r in revs if image in r.content), None)
+            cells = [content] + [r.images.get((style, image)) for r in revs]
         for col, data in enumerate(cells):
             x = label_w + pad + col * (cell + pad)
+            if col == 0 and differs:  # each revision's own content is in the row above
+                draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill="#eeeeee")
+                for i, line in enumerate(wrap_text("differs between revisions: see its content row", font, cell - 16)):
+                    draw.text((x + 8, y + 8 + i * line_h), line, fill="#222222", font=font)
+                continue
             if data is None:
                 draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill="#eeeeee", outline="#b3261e")
                 draw.text((x + 8, y + cell // 2 - 8), "missing", fill="#b3261e", font=font)

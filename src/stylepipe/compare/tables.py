@@ -81,7 +81,8 @@ def training_text(summary: dict | None) -> str:
 def param_text(value: Any) -> str:
     """A params value as the page writes it."""
     if isinstance(value, float):
-        return f"{value:g}"  # 1e+10, not 10000000000.0
+        short = f"{value:g}"  # 1e+10, not 10000000000.0
+        return short if float(short) == value else repr(value)  # every digit where six would hide a change
     return json.dumps(value, sort_keys=True)
 
 
@@ -120,6 +121,12 @@ def all_images(revs: list[Revision]) -> list[str]:
     for rev in revs:
         out += [i for i in rev.image_names if i not in out]
     return out
+
+
+def content_differs(revs: list[Revision], image: str) -> bool:
+    """Whether revisions hold different content images under the name ``image`` (a new file or URL in
+    ``data.eval``): each revision's stylizations are then of its own photograph."""
+    return len({r.content[image] for r in revs if image in r.content}) > 1
 
 
 def format_metric(value: Any, kind: str = "number", delta: bool = False) -> str:
