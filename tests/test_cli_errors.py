@@ -159,6 +159,11 @@ def test_stylize_user_errors(files, tmp_path, capsys):
     assert not (tmp_path / "new").exists(), "a failed command left an output folder behind"
 
 
+def report_cmd(params, metrics, eval_dir, root):
+    return ["report", "--params", params, "--metrics-dir", metrics, "--eval-images", eval_dir,
+            "--stylized-root", root, "--output", root / "m.json", "--gallery", root / "g.png"]
+
+
 def test_report_and_evaluate_user_errors(files, tmp_path, tiny_params_file, capsys):
     (tmp_path / "bad.json").write_text("{")
     eval_dir, partial = tmp_path / "eval", tmp_path / "partial"
@@ -173,11 +178,13 @@ def test_report_and_evaluate_user_errors(files, tmp_path, tiny_params_file, caps
     metrics.mkdir()
     for style in yaml.safe_load(tiny_params_file.read_text())["styles"]:
         (metrics / f"{style}.json").write_text("{")
-    code, err = run_cli(capsys, "report", "--params", tiny_params_file, "--metrics-dir", metrics, "--eval-images",
-                        eval_dir, "--stylized-root", tmp_path, "--output", tmp_path / "m.json", "--gallery",
-                        tmp_path / "g.png")
+    code, err = run_cli(capsys, *report_cmd(tiny_params_file, metrics, eval_dir, tmp_path))
     assert code == 2 and ".json: not valid JSON" in one_error_line(err, "report")
     assert not (tmp_path / "m.json").exists()
+    for style in yaml.safe_load(tiny_params_file.read_text())["styles"]:
+        (metrics / f"{style}.json").write_bytes(b"\xff\xfe{")  # not even text
+    code, err = run_cli(capsys, *report_cmd(tiny_params_file, metrics, eval_dir, tmp_path))
+    assert code == 2 and ".json: not valid JSON" in one_error_line(err, "report")
 
     evaluate = ["evaluate", "--params", tiny_params_file, "--style", "waves", "--model", files / "model.pth",
                 "--eval-images", eval_dir, "--style-image", files / "style.png", "--loss-network", files / "vgg.pth",
@@ -187,6 +194,12 @@ def test_report_and_evaluate_user_errors(files, tmp_path, tiny_params_file, caps
     code, err = run_cli(capsys, *evaluate, "--stylized", eval_dir, "--train-summary", tmp_path / "bad.json")
     assert code == 2 and "bad.json" in one_error_line(err, "evaluate")
     assert not (tmp_path / "metrics.json").exists()
+    # NaN is no number JSON can hold: refused with the file's name, before either output is written
+    (tmp_path / "nan.json").write_text('{"images_per_s": NaN, "wall_time_s": 2.0}')
+    code, err = run_cli(capsys, *evaluate, "--stylized", eval_dir, "--train-summary", tmp_path / "nan.json",
+                        "--speed", tmp_path / "speed.json")
+    assert code == 2 and "nan.json: images_per_s not a finite number" in one_error_line(err, "evaluate")
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "speed.json").exists()
 
     # a second output that cannot be written fails before the first is written, not after
     (tmp_path / "speed-folder").mkdir()

@@ -270,6 +270,9 @@ def _train_summary(path: Path) -> dict:
         values = {key: float(summary[key]) for key in ("images_per_s", "wall_time_s")}
     except (ValueError, TypeError, KeyError) as err:  # bad JSON, a missing or non-numeric value
         raise ValueError(f"{path}: not a training summary ({type(err).__name__}: {err}); {fix}") from err
+    bad = sorted(key for key, value in values.items() if not math.isfinite(value))
+    if bad:  # JSON cannot hold them: the speed file would fail to write after the metrics file was
+        raise ValueError(f"{path}: {', '.join(bad)} not a finite number; {fix}")
     return values
 
 

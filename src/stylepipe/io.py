@@ -161,5 +161,5 @@ def write_json(path: str | Path, data: Any) -> None:
 def read_json(path: str | Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:  # a ValueError: the commands report it in one line
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # ValueErrors: the commands report them in one line
         raise ValueError(f"{path}: not valid JSON ({err}); rerun the step that writes it") from None
