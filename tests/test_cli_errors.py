@@ -116,6 +116,22 @@ def test_style_image_decodes_16_bit_and_refuses_a_non_image(files, tmp_path, tin
     assert not list((tmp_path / "scratch").glob("**/*.ckpt"))
 
 
+def test_a_style_image_too_thin_for_the_loss_network_is_refused_naming_style_size(files, tmp_path,
+                                                                                   tiny_params_file, capsys):
+    """At a long edge of style_size, a panorama's short side can fall under the 8 px that relu4_3's
+    three max-pools need: one line naming the file and train.style_size, not PyTorch's error."""
+    from stylepipe.models.vgg import smallest_input
+
+    assert [smallest_input([name]) for name in ("relu1_2", "relu2_2", "relu3_3", "relu4_3")] == [1, 2, 4, 8]
+    assert smallest_input(["relu4_3", "relu1_2"]) == 8
+    params = yaml.safe_load(tiny_params_file.read_text())
+    Image.new("RGB", (params["train"]["style_size"] * 10, 50), "navy").save(tmp_path / "panorama.png")
+    code, err = run_cli(capsys, *train_args(files, tmp_path, tiny_params_file, style_image=tmp_path / "panorama.png"))
+    line = one_error_line(err, "train")
+    assert code == 2 and "panorama.png" in line and "need at least 8 px on each side" in line
+    assert "train.style_size" in line and "Traceback" not in err
+
+
 def train_args(files: Path, tmp_path: Path, params: Path, **override) -> list:
     values = {"data": files / "content", "style_image": files / "style.png", "loss_network": files / "vgg.pth",
               "model": tmp_path / "out" / "m.pth", "scratch": tmp_path / "scratch", **override}

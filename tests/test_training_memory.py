@@ -61,6 +61,10 @@ def test_a_style_image_is_refused_with_the_style_size_that_fits():
     # (4 GB - 300 MiB) / 850 bytes = 4.34 MP at 4:3: a long edge of 2405, in steps of 64
     assert "set train.style_size to 2368 or less" in message
     assert message.endswith("or give the job more memory (resources.train.mem_mb)")
+    # with no room at all, no train.style_size fits that params.yaml would take (its least is 16)
+    with pytest.raises(ValueError) as err:
+        check_style_image(3000, 4000, None, Available(200 << 20, "the machine's available memory"))
+    assert "style_size to" not in str(err.value) and ": give the job more memory" in str(err.value)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])

@@ -97,13 +97,6 @@ def image_pairs(eval_dir: Path, stylized_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def smallest_side(net: torch.nn.Module) -> int:
-    """The fewest pixels an image may have on a side: each max-pool of the loss network halves it,
-    and SSIM needs a window of at least 3 pixels."""
-    pools = sum(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
-    return max(2**pools, 3)
-
-
 def check_sizes(content: Path, stylized: Path, min_side: int) -> tuple[int, int]:
     """The stylized image's (width, height), once it is known to be the content image at some scale
     (stylize's --max-size or --scale) and large enough to measure."""
@@ -202,15 +195,15 @@ def loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, devi
 @torch.inference_mode()
 def _loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, device: torch.device) -> dict:
     from stylepipe.losses import content_loss, gram_matrix, style_loss, tv_loss
-    from stylepipe.models.vgg import LossNetwork, layer_names
+    from stylepipe.models.vgg import LossNetwork, layer_names, smallest_input
     from stylepipe.data.tensors import load_style_image
     from stylepipe.training_memory import check_style_image
 
     layers = layer_names(train["content_layers"], train["style_layers"])
     net = LossNetwork.from_file(loss_network, layers).to(device)
-    min_side = smallest_side(net)
+    min_side = max(smallest_input(layers), 3)  # and SSIM's window is 3 pixels
     sizes = [check_sizes(content, stylized, min_side) for content, stylized in pairs]  # all, before measuring any
-    style = load_style_image(style_image, train["style_size"])
+    style = load_style_image(style_image, train["style_size"], smallest_input(layers))
     if device.type == "cpu":  # a GPU's allocator fails with an error of its own
         check_style_image(*style.shape[-2:], train["style_size"], step="evaluate")
     style_features = net(style.to(device))

@@ -251,12 +251,13 @@ def run(args: argparse.Namespace) -> int:
                                      signal_handlers_kept, write_curves)
     from stylepipe.data.tensors import load_style_image
     from stylepipe.datamodule import ContentDataModule
-    from stylepipe.models.vgg import load_features_state
+    from stylepipe.models.vgg import layer_names, load_features_state, smallest_input
     from stylepipe.module import StyleTransferModule
     from stylepipe.resume import TENSORBOARD, find_checkpoints, fingerprint, record_attempt, set_aside
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    style_image = load_style_image(args.style_image, tp["style_size"])
+    style_image = load_style_image(args.style_image, tp["style_size"],
+                                   smallest_input(layer_names(tp["content_layers"], tp["style_layers"])))
     check_style_image(*style_image.shape[-2:], tp["style_size"])
     vgg_state = load_features_state(args.loss_network)
     if not args.data.exists():

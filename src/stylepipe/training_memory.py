@@ -34,6 +34,7 @@ STYLE_BYTES_PER_PIXEL = (750, 850)  # (least, most)
 STEP_BYTES_PER_PIXEL = {"fp32": (4000, 5000), "bf16 native": (2000, 5000), "bf16 emulated": (2000, 16000)}
 STEP_OVERHEAD_BYTES = 1000 << 20  # at the most, besides the pixels' (malloc arenas included)
 STYLE_OVERHEAD_BYTES = 300 << 20
+STYLE_SIZE_MIN = 16  # the least train.style_size params.schema.yaml takes
 
 
 def check_style_image(height: int, width: int, style_size: int | None, free: Available | None = None,
@@ -49,10 +50,11 @@ def check_style_image(height: int, width: int, style_size: int | None, free: Ava
     room = max(0, free.bytes - STYLE_OVERHEAD_BYTES) / STYLE_BYTES_PER_PIXEL[1]
     fits = round_down(max(height, width) * math.sqrt(room / pixels), 64)
     given = "null" if style_size is None else style_size
+    smaller = (f"set train.style_size to {fits} or less (its long edge in px; a style may override it under "
+               f"styles.<name>), or " if fits >= STYLE_SIZE_MIN else "")  # else no size params.yaml takes fits
     raise ValueError(
         f"the style image ({width}x{height} px, train.style_size = {given}) needs at least {gigabytes(needed)} "
-        f"to compute its Gram matrices, and this process has {free}: set train.style_size to {fits} or less "
-        f"(its long edge in px; a style may override it under styles.<name>), or give the job more memory"
+        f"to compute its Gram matrices, and this process has {free}: {smaller}give the job more memory"
         f"{_job_memory_hint(free, step)}")
 
 

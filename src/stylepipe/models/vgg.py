@@ -154,6 +154,19 @@ class LossNetwork(nn.Module):
         return out
 
 
+def smallest_input(layers: Iterable[str]) -> int:
+    """The fewest pixels an input may have on a side to reach the deepest of ``layers``:
+    each max-pool before it halves the side (relu4_3: 3 pools, 8 px)."""
+    deepest = max(LAYER_INDICES[name] for name in layers)
+    index, pools = 0, 0
+    for v in VGG16_CONFIG:
+        if index > deepest:
+            break
+        pools += v == "M"
+        index += 1 if v == "M" else 2  # a conv and its ReLU
+    return 2**pools
+
+
 def layer_names(*groups: Sequence[str]) -> list[str]:
     """All distinct layers of several layer lists, in network order."""
     names = {name for group in groups for name in group}
