@@ -643,6 +643,20 @@ def test_an_evaluation_image_that_differs_between_revisions_shows_each_ones_phot
         plain.getpixel((x, y)) for x in range(plain.width) for y in range(plain.height)}
 
 
+@pytest.mark.parametrize("data", [["a"], {"eval": "x.png"}, {"eval": [{"name": "astronaut"}, "b"]}])
+def test_hand_broken_params_do_not_stop_a_compare(tmp_path, data):
+    """The workspace's params.yaml, mid-edit: its evaluation images are read from data/eval instead."""
+    from stylepipe.compare.artifacts import _eval_images
+    from stylepipe.compare.revisions import Revision
+    from stylepipe.compare.source import Source
+
+    (tmp_path / "data" / "eval").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "data" / "eval" / "coffee.png")
+    rev = Revision("workspace", None, "workspace", "", "", params={"data": data}, label="workspace")
+    expected = ["astronaut"] if isinstance(data, dict) and isinstance(data["eval"], list) else ["coffee"]
+    assert _eval_images(Source(tmp_path, rev), rev) == expected
+
+
 def test_curves_spanning_decades_use_a_log_axis():
     import pandas as pd
 
@@ -656,6 +670,20 @@ def test_curves_spanning_decades_use_a_log_axis():
     assert "(log y)" not in svg_chart([("b", "#111", flat)], "style_loss")
     assert "<circle" in svg_chart([("c", "#222", one)], "style_loss")
     assert "no data" in svg_chart([("d", "#333", flat)], "content_loss")
+
+
+def test_tick_labels_tell_every_tick_apart():
+    import re
+
+    import pandas as pd
+
+    from stylepipe.charts import svg_chart
+
+    for lo, hi in ((100000, 102000), (1.0001, 1.0009), (0.5, 3.0)):
+        frame = pd.DataFrame({"step": [1, 2, 3], "total_loss": [hi, (lo + hi) / 2, lo]})
+        labels = re.findall(r'text-anchor="end">([^<]+)<', svg_chart([("a", "#000", frame)], "total_loss"))
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+        assert all(lo * 0.99 <= float(t) <= hi * 1.01 for t in labels), labels
 
 
 def test_non_finite_curve_values_are_not_charted_but_marked():

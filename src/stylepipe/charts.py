@@ -136,6 +136,16 @@ def _line(label: str, colour: str, frame: pd.DataFrame, column: str, dashed: boo
     return _Line(label, colour, segments, diverged, dashed)
 
 
+def _tick_labels(values: list[float]) -> list[str]:
+    """The fewest significant digits, three at least, that tell every tick from the next
+    (a loss between 100,000 and 102,000 needs six)."""
+    for digits in range(3, 17):
+        text = [f"{v:.{digits}g}" for v in values]
+        if len(set(text)) == len(text):
+            return text
+    return [repr(v) for v in values]
+
+
 def svg_chart(series: list[tuple], column: str, width: int = 380, height: int = 230, tapered: bool = True) -> str:
     """Line chart of ``column`` against ``step``: one line per (label, colour, frame) or
     (label, colour, frame, dashed); a frame without ``column`` draws no line.
@@ -180,7 +190,7 @@ def svg_chart(series: list[tuple], column: str, width: int = 380, height: int = 
     for t in _ticks(x_lo, x_hi):
         out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + plot_h}" class="grid"/>'
                    f'<text x="{px(t):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{t:g}</text>')
-    y_text = [f"{10 ** t:.3g}" if log else f"{t:.3g}" for t in y_ticks]
+    y_text = _tick_labels([10**t if log else t for t in y_ticks])
     for t, text in zip(y_ticks, y_text):
         out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" class="grid"/>'
                    f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{text}</text>')
