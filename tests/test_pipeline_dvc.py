@@ -123,6 +123,23 @@ def test_metrics_diff_shows_the_change(dvc_run):
     assert not [key for values in diff.values() for key in values if any(word in key for word in TIMING)], diff
 
 
+def test_snakemake_after_dvc_records_what_dvc_made_with_forceall(dvc_run, tmp_path):
+    """Outputs DVC wrote are newer than their inputs: plain `--touch` sees nothing out of date and
+    records nothing, so a params change would retrain nothing; `--touch --forceall` (README) records
+    every output's params and code, and the change then reruns the steps that read it."""
+    for touch, retrains in ((["--touch"], False), (["--touch", "--forceall"], True)):
+        work = tmp_path / "-".join(touch)
+        shutil.copytree(dvc_run["root"], work, symlinks=True)
+        sh(work, "snakemake", *touch, "--cores", "1")
+        assert "Nothing to be done" in sh(work, "snakemake", "-n").stdout
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        params["train"]["lr"] /= 2
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        plan = sh(work, "snakemake", "-n").stdout
+        counts = job_counts(plan) if "Job stats:" in plan else {}
+        assert (counts.get("train") == str(len(STYLES))) == retrains, (touch, counts)
+
+
 @pytest.mark.slow
 def test_removed_style_leaves_both_reports(tmp_path_factory, tmp_path):
     from stylepipe.report import gallery_size

@@ -296,6 +296,20 @@ def _resize_many_photos_in_two_workers(tmp_path: Path, count: int = 400):
     return proc
 
 
+def _communicate_or_kill(proc, timeout: float = 120) -> tuple[str, str]:
+    """``proc.communicate``; a command that hangs is killed with its workers, not left behind the test."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+
+
 @pytest.mark.parametrize("signum, to_group", [("SIGINT", True), ("SIGTERM", True), ("SIGTERM", False)])
 def test_ctrl_c_or_sigterm_ends_with_one_line_and_leaves_nothing(tmp_path, signum, to_group):
     """^C in a terminal reaches the command and its worker processes, as `scancel` or a job's time limit
@@ -307,7 +321,7 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_and_leaves_nothing(tmp_path, signu
     proc = _resize_many_photos_in_two_workers(tmp_path)
     signum = getattr(signal, signum)
     (os.killpg if to_group else os.kill)(proc.pid, signum)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = _communicate_or_kill(proc)
     assert proc.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert ("stylepipe resize: interrupted" if signum == signal.SIGINT else "stylepipe resize: stopped by SIGTERM") \
@@ -331,7 +345,7 @@ def test_a_worker_killed_midway_is_a_clear_error_not_a_wait_forever(tmp_path):
                if Path(f"/proc/{pid}/cmdline").read_bytes() == command]  # forked: the command's own line
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = _communicate_or_kill(proc)
     assert proc.returncode == 2, stderr[-3000:]
     assert "a worker process ended before its images were done" in stderr and "Traceback" not in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
