@@ -255,20 +255,23 @@ def _init_worker() -> None:
     # the executor sees it gone and stops the others
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by _start_workers until now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by _start_workers until now
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _start_workers(executor: ProcessPoolExecutor, jobs: list, chunksize: int):
-    """``executor.map`` with the workers forked under a blocked SIGTERM: a worker takes it only once
-    _init_worker has set its own action, or it would run the command's handler, inherited with
-    the fork, and print a traceback. The executor forks all its workers at the first submit."""
+    """``executor.map`` with the workers forked under blocked SIGINT and SIGTERM: a worker takes them
+    only once _init_worker has set its own actions, or it would act as the command does, its handlers
+    inherited with the fork, and print a traceback. The executor forks all its workers at the first submit."""
     if not hasattr(signal, "pthread_sigmask"):
         return executor.map(_work, jobs, chunksize=chunksize)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         return executor.map(_work, jobs, chunksize=chunksize)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a SIGTERM meanwhile arrives now
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal meanwhile arrives now
 
 
 def resize_folder(
