@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 # the one decoder: EXIF, 16-bit, alpha on white, clear errors
 from stylepipe.data.images import IMAGE_SUFFIXES, ImageError, load_rgb
+from stylepipe.forking import blocked, unblock
 
 
 def is_shard_dir(path: str | Path) -> bool:
@@ -53,31 +54,27 @@ def _worker_init(worker_id: int, rank: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     _sigterm_from_the_trainer_only()
-    if hasattr(signal, "pthread_sigmask"):  # ignored from now on: blocked by ContentLoader until here
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGUSR1})
+    unblock({signal.SIGINT, signal.SIGUSR1})  # ignored from now on: blocked by ContentLoader until here
     if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning installs when no worker_init_fn is given
         from lightning_fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id, rank)
 
+
 _CAN_SEE_SENDER = hasattr(signal, "sigwaitinfo")  # not on macOS or Windows
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1} if hasattr(signal, "SIGUSR1") else set()
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
 
 
 class ContentLoader(DataLoader):
-    """A DataLoader whose workers start with the stop signals blocked, in every thread they will
-    have (a thread takes the mask of the one that starts it, a process that of the thread that forks
-    it): until ``_worker_init`` has set their actions, a worker would act on them as the training
-    process does, and PyTorch starts threads in a worker before its ``worker_init_fn`` runs."""
+    """A DataLoader whose workers start with the stop signals blocked (``stylepipe.forking``), in
+    every thread they will have: PyTorch starts threads in a worker before its ``worker_init_fn``
+    (``_worker_init``) sets their actions."""
 
     def __iter__(self):
-        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+        if self.num_workers == 0:
             return super().__iter__()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        try:
+        with blocked(_STOP_SIGNALS):
             return super().__iter__()  # starts the workers
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal meanwhile arrives now
 
 
 def _sigterm_from_the_trainer_only() -> None:
@@ -87,8 +84,7 @@ def _sigterm_from_the_trainer_only() -> None:
     SIGTERM is blocked in every thread of the worker from its start (``ContentLoader``), and taken
     by the thread started here, which sees the sender."""
     if not _CAN_SEE_SENDER:  # PyTorch's handler stays
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        unblock({signal.SIGTERM})
         return
     trainer = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # as ContentLoader started it

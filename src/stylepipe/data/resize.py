@@ -46,6 +46,7 @@ from stylepipe.arguments import positive_int
 from stylepipe.data.images import (ImageError, decode, is_jpeg, jpeg_frame, open_image, pixel_limit, to_rgb,
                                    upright, xmp_orientation)
 from stylepipe.data.shards import MANIFEST, ShardWriter, atomic_directory
+from stylepipe.forking import blocked, unblock
 
 RESAMPLE = "bilinear, antialiased (torch.nn.functional.interpolate), short side to N then centre crop N x N"
 
@@ -254,24 +255,10 @@ def _init_worker() -> None:
     # SIGTERM (`scancel`'s, to every process of the job) ends a worker at once, not as the command does;
     # the executor sees it gone and stops the others
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by _start_workers until now
+    unblock(_STOP_SIGNALS)  # blocked while the executor forked this worker
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def _start_workers(executor: ProcessPoolExecutor, jobs: list, chunksize: int):
-    """``executor.map`` with the workers forked under blocked SIGINT and SIGTERM: a worker takes them
-    only once _init_worker has set its own actions, or it would act as the command does, its handlers
-    inherited with the fork, and print a traceback. The executor forks all its workers at the first submit."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return executor.map(_work, jobs, chunksize=chunksize)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        return executor.map(_work, jobs, chunksize=chunksize)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal meanwhile arrives now
 
 
 def resize_folder(
@@ -323,7 +310,8 @@ def resize_folder(
             # concurrent.futures, not multiprocessing.Pool: a worker that dies (the out-of-memory killer,
             # a SIGTERM to the job's processes) breaks the executor, where a Pool waits for it forever
             pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
-            results = _start_workers(pool, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8))))
+            with blocked(_STOP_SIGNALS):  # the executor forks its workers at the first submit
+                results = pool.map(_work, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8))))
         else:
             torch.set_num_threads(1)  # same kernels, same bytes as the workers
             results = map(_work, jobs)
