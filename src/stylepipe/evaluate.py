@@ -201,9 +201,10 @@ def _loss_metrics(pairs, style_image: Path, loss_network: Path, train: dict, dev
 
     layers = layer_names(train["content_layers"], train["style_layers"])
     net = LossNetwork.from_file(loss_network, layers).to(device)
-    min_side = max(smallest_input(layers), 3)  # and SSIM's window is 3 pixels
+    network_side = smallest_input(layers)
+    min_side = max(network_side, 3)  # and SSIM's window is 3 pixels
     sizes = [check_sizes(content, stylized, min_side) for content, stylized in pairs]  # all, before measuring any
-    style = load_style_image(style_image, train["style_size"], smallest_input(layers))
+    style = load_style_image(style_image, train["style_size"], network_side)
     if device.type == "cpu":  # a GPU's allocator fails with an error of its own
         check_style_image(*style.shape[-2:], train["style_size"], step="evaluate")
     style_features = net(style.to(device))

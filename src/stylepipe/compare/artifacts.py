@@ -117,9 +117,10 @@ def _read_speed(source: Source, rev: Revision, styles: list[str]) -> None:
 def _eval_images(source: Source, rev: Revision) -> list[str]:
     """The evaluation images' names: as params.yaml lists them, else the PNGs in data/eval."""
     data = rev.params.get("data")
-    eval_items = (data.get("eval") if isinstance(data, dict) else None) or []  # a hand-broken file: the PNGs
-    images = [str(item["name"]) for item in eval_items if isinstance(item, dict) and "name" in item] \
-        if isinstance(eval_items, list) else []
+    eval_items = data.get("eval") if isinstance(data, dict) else None
+    if not isinstance(eval_items, list):  # none, or a hand-broken file: the PNGs
+        eval_items = []
+    images = [str(item["name"]) for item in eval_items if isinstance(item, dict) and "name" in item]
     if not images:
         images = [posixpath.splitext(n)[0] for n in source.listdir(EVAL_DIR) if n.endswith(".png")]
     return images

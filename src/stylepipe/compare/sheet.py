@@ -31,7 +31,8 @@ def contact_sheet(revs: list[Revision], cell: int = 192) -> Image.Image:
 
     styles, images = all_styles(revs), all_images(revs)
     # an image whose content differs between revisions gets a row of each one's content first
-    rows = [(None, image) for image in images if content_differs(revs, image)]
+    differing = {image for image in images if content_differs(revs, image)}
+    rows = [(None, image) for image in images if image in differing]
     rows += [(style, image) for style in styles for image in images]
     pad, label_w, line_h = 6, 150, 16
     font = _font(13)
@@ -52,15 +53,14 @@ def contact_sheet(revs: list[Revision], cell: int = 192) -> Image.Image:
         lines = wrap_text(style or "content", font, label_w - 2 * pad) + wrap_text(image, font, label_w - 2 * pad)
         for i, line in enumerate(lines[:max_label_lines]):
             draw.text((pad, y + 4 + i * line_h), line, fill="#222222", font=font)
-        differs = content_differs(revs, image)
         if style is None:
             cells = [None] + [r.content.get(image) for r in revs]
         else:
-            content = None if differs else next((r.content[image] for r in revs if image in r.content), None)
+            content = next((r.content[image] for r in revs if image in r.content), None)
             cells = [content] + [r.images.get((style, image)) for r in revs]
         for col, data in enumerate(cells):
             x = label_w + pad + col * (cell + pad)
-            if col == 0 and differs:  # each revision's own content is in the row above
+            if col == 0 and image in differing:  # each revision's own content is in its content row
                 draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill="#eeeeee")
                 for i, line in enumerate(wrap_text("differs between revisions: see its content row", font, cell - 16)):
                     draw.text((x + 8, y + 8 + i * line_h), line, fill="#222222", font=font)
